@@ -1,0 +1,691 @@
+"""The Lottery Ticket Hypothesis on CIFAR-10, in one file.
+
+Sections, in order: data, model, pruning, training, experiments, results, plots.
+Every notebook in notebooks/ is a few calls into this file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from tqdm.auto import tqdm
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+
+
+# ----------------------------------------------------------------------------- data
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+MEAN = (0.4914, 0.4822, 0.4465)  # per-channel statistics of the CIFAR-10 training set
+STD = (0.2470, 0.2435, 0.2616)
+KNOWN_COPIES = {  # sha256 of local copies whose pixels are not the originals; results must say so
+    "ab19cd54e7f40e49ef38c6fde4a48427c053f0413ccca64e3af9455236bb7530":
+        "CIFAR-10, JPEG-q75 offline copy (labels and split exact, pixels re-encoded; PSNR 30 dB)",
+}
+
+
+class DataError(RuntimeError):
+    """CIFAR-10 could not be found or read; the message says where it looked and what to do."""
+
+
+@dataclass
+class Data:
+    """CIFAR-10 held in memory as uint8 NCHW images and int64 labels (the test set is the validation set)."""
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    source: dict
+
+    def to(self, device: torch.device | str) -> "Data":
+        move = lambda t: t.to(device, non_blocking=True)
+        return Data(move(self.x_train), move(self.y_train), move(self.x_test), move(self.y_test), self.source)
+
+    def subset(self, n_train: int, n_test: int) -> "Data":
+        """The first images of each split: for quick end-to-end checks, never for results."""
+        return Data(self.x_train[:n_train], self.y_train[:n_train], self.x_test[:n_test], self.y_test[:n_test],
+                    {**self.source, "subset": [n_train, n_test]})
+
+
+def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = True) -> Data:
+    """CIFAR-10's official 50,000/10,000 split from torchvision, a `cifar-10-batches-py` folder or a `.npz` file.
+
+    `data_dir` defaults to $CIFAR10_DATA, else ./data. A folder holding `cifar10.npz` is read as that file.
+    """
+    path = Path(data_dir or os.environ.get("CIFAR10_DATA") or "data").expanduser()
+    if path.is_dir() and (path / "cifar10.npz").is_file() and not (path / "cifar-10-batches-py").is_dir():
+        path = path / "cifar10.npz"
+    if path.suffix == ".npz" or path.is_file():
+        return _load_npz(path)
+    return _load_torchvision(path, download)
+
+
+def _load_npz(path: Path) -> Data:
+    if not path.is_file():
+        raise DataError(f"CIFAR-10 file {path} does not exist. Point data_dir or $CIFAR10_DATA at an existing "
+                        "cifar10.npz or at a folder holding cifar-10-batches-py.")
+    try:
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except KeyError as e:
+        raise DataError(f"{path} lacks the array {e}; a CIFAR-10 .npz needs x_train, y_train, x_test, y_test.") from None
+    except Exception as e:  # zip, pickle and header errors all mean the same to the user
+        raise DataError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}). "
+                        "Re-copy it, or point data_dir at another copy.") from None
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+            raise DataError(f"{path}: x_{split} is {x.dtype} {x.shape}; expected uint8 (N, 32, 32, 3) images.")
+        if y.shape != (len(x),) or y.min() < 0 or y.max() > 9:
+            raise DataError(f"{path}: y_{split} has shape {y.shape} and values {y.min()}..{y.max()}; "
+                            f"expected {len(x)} labels in 0..9.")
+    source = {"kind": "npz", "path": str(path.resolve()), "sha256": _sha256(path)}
+    source["description"] = KNOWN_COPIES.get(source["sha256"], "CIFAR-10 from a local .npz copy")
+    return _to_data(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], source)
+
+
+def _load_torchvision(root: Path, download: bool) -> Data:
+    local = (root / "cifar-10-batches-py").is_dir()
+    try:
+        splits = [torchvision.datasets.CIFAR10(root, train=t, download=download and not local) for t in (True, False)]
+    except Exception as e:
+        hint = ("it is not there and download=False" if not download else
+                f"downloading failed ({type(e).__name__}: {e})")
+        raise DataError(f"CIFAR-10 not found under {root.resolve()}: {hint}. On an offline machine, point "
+                        "data_dir or $CIFAR10_DATA at a folder holding cifar-10-batches-py, or at a cifar10.npz "
+                        "(x_train, y_train, x_test, y_test).") from None
+    source = {"kind": "folder" if local else "torchvision download", "path": str(root.resolve()),
+              "description": "CIFAR-10, original images via torchvision"}
+    (tr, te) = splits
+    return _to_data(tr.data, np.asarray(tr.targets), te.data, np.asarray(te.targets), source)
+
+
+def _to_data(x_train, y_train, x_test, y_test, source: dict) -> Data:
+    nchw = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    label = lambda y: torch.from_numpy(np.asarray(y, dtype=np.int64))
+    return Data(nchw(x_train), label(y_train), nchw(x_test), label(y_test), source)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW images to normalised float32 in channels_last (the memory format oneDNN and cuDNN prefer)."""
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1) * 255
+    return ((x.float() - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip of a uint8 batch, as one gather on its device."""
+    n, c, h, w = x.shape
+    dev = x.device
+    x = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), device=dev, generator=generator)
+    flip = torch.rand(n, 1, device=dev, generator=generator) < 0.5
+    rows = dy + torch.arange(h, device=dev)
+    cols = dx + torch.arange(w, device=dev)
+    cols = torch.where(flip, cols.flip(1), cols)
+    return x[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+             rows[:, None, :, None], cols[:, None, None, :]]
+
+
+# ----------------------------------------------------------------------------- model
+
+def conv_block(c_in: int, c_out: int, batchnorm: bool, pool: bool) -> nn.Sequential:
+    """3x3 conv, optional 2x2 max-pool (before BN: 4x cheaper), BatchNorm or conv bias, ReLU."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batchnorm)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    if batchnorm:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class Residual(nn.Module):
+    """x + f(x), where f is two conv blocks of the same width."""
+
+    def __init__(self, channels: int, batchnorm: bool):
+        super().__init__()
+        self.f = nn.Sequential(conv_block(channels, channels, batchnorm, False),
+                               conv_block(channels, channels, batchnorm, False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.f(x)
+
+
+class CNN(nn.Module):
+    """A ResNet-9-shaped CNN that pools early: 8 prunable layers, 0.46M weights, 20M multiply-adds an image.
+
+    32x32 -> stem (w) -> 16x16 -> conv (2w) -> 8x8 -> residual -> conv (4w) -> 4x4 -> residual -> max -> linear.
+    """
+
+    def __init__(self, batchnorm: bool = True, dropout: float = 0.0, width: int = 32, num_classes: int = 10):
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout!r}: must be in [0, 1).")
+        w = width
+        self.features = nn.Sequential(
+            conv_block(3, w, batchnorm, pool=True),
+            conv_block(w, 2 * w, batchnorm, pool=True),
+            Residual(2 * w, batchnorm),
+            conv_block(2 * w, 4 * w, batchnorm, pool=True),
+            Residual(4 * w, batchnorm),
+            nn.AdaptiveMaxPool2d(1),
+            nn.Flatten(),
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(4 * w, num_classes)
+        for name, weight in prunable_weights(self).items():
+            init_weight(weight)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.features(x)))
+
+
+def init_weight(weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """He-uniform initialisation for ReLU networks; the same call draws the re-init control's fresh values."""
+    return nn.init.kaiming_uniform_(weight, nonlinearity="relu", generator=generator)
+
+
+# ----------------------------------------------------------------------------- pruning
+
+Masks = dict[str, torch.Tensor]  # parameter name -> bool tensor of its shape, True = alive
+
+
+def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The `.weight` of every Conv2d and Linear layer; biases and BatchNorm are never pruned."""
+    return {f"{name}.weight": m.weight for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def dense_masks(model: nn.Module) -> Masks:
+    return {name: torch.ones_like(w, dtype=torch.bool) for name, w in prunable_weights(model).items()}
+
+
+def magnitude_scores(weights: dict[str, torch.Tensor], generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    """Lottery tickets keep the largest |w|."""
+    return {name: w.detach().abs().float() for name, w in weights.items()}
+
+
+def random_scores(weights: dict[str, torch.Tensor], generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    """Random pruning: every alive weight is equally likely to go (drawn without replacement)."""
+    return {name: torch.rand(w.shape, generator=generator, device=w.device) for name, w in weights.items()}
+
+
+STRATEGIES: dict[str, Callable] = {"magnitude": magnitude_scores, "random": random_scores}
+SCOPES = ("layer", "global")
+
+
+def prune(model: nn.Module, masks: Masks, sparsity: float, strategy: str = "magnitude", scope: str = "layer",
+          generator: torch.Generator | None = None) -> Masks:
+    """New masks with exactly round(sparsity * n) weights pruned, per layer or across all layers.
+
+    Only alive weights are removed: the ones with the lowest scores. Masks come from scores, never from
+    `weight == 0`, so a weight that trains through zero stays alive.
+    """
+    check_choice("strategy", strategy, STRATEGIES)
+    check_choice("scope", scope, SCOPES)
+    check_fraction("sparsity", sparsity)
+    weights = prunable_weights(model)
+    scores = {k: s.masked_fill(~masks[k], -math.inf) for k, s in STRATEGIES[strategy](weights, generator).items()}
+    if scope == "layer":
+        return {k: keep_top(s, s.numel() - round(sparsity * s.numel()), masks[k]) for k, s in scores.items()}
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    keep = keep_top(flat, flat.numel() - round(sparsity * flat.numel()), torch.cat([m.flatten() for m in masks.values()]))
+    return dict(zip(scores, (part.view_as(s) for part, s in zip(keep.split([s.numel() for s in scores.values()]),
+                                                                    scores.values()))))
+
+
+def keep_top(scores: torch.Tensor, keep: int, alive: torch.Tensor) -> torch.Tensor:
+    """A mask keeping the `keep` highest scores; pruned entries score -inf and must not be needed."""
+    if keep > int(alive.sum()):
+        raise ValueError(f"cannot keep {keep} weights when only {int(alive.sum())} are alive: the target sparsity "
+                         "is below the current one.")
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    mask[scores.flatten().topk(keep, sorted=False).indices] = True
+    return mask.view_as(scores)
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Masks) -> None:
+    """Zero the pruned weights in place."""
+    for name, w in prunable_weights(model).items():
+        w.mul_(masks[name])
+
+
+def sparsity_report(masks: Masks) -> dict:
+    """Fraction of pruned weights, overall and per layer."""
+    total = sum(m.numel() for m in masks.values())
+    pruned = sum(int((~m).sum()) for m in masks.values())
+    return {"overall": pruned / total, "layers": {k: int((~m).sum()) / m.numel() for k, m in masks.items()}}
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of every parameter and buffer (a plain state_dict() would alias the live tensors)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def rewind(model: nn.Module, theta0: dict[str, torch.Tensor], masks: Masks,
+           generator: torch.Generator | None = None) -> None:
+    """The lottery-ticket reset: survivors, biases and BatchNorm back to their initial values."""
+    model.load_state_dict(theta0)
+    apply_masks(model, masks)
+
+
+def reinit(model: nn.Module, theta0: dict[str, torch.Tensor], masks: Masks,
+           generator: torch.Generator | None = None) -> None:
+    """The control: survivors get fresh kaiming_uniform_ values; biases and BatchNorm go back to theta0."""
+    model.load_state_dict(theta0)
+    with torch.no_grad():
+        for name, w in prunable_weights(model).items():
+            init_weight(w, generator)
+    apply_masks(model, masks)
+
+
+RESETS: dict[str, Callable] = {"rewind": rewind, "reinit": reinit}
+
+
+def round_sparsities(sparsity: float, rounds: int) -> list[float]:
+    """Sparsity after each round when every round prunes q = 1 - (1 - p)^(1/R) of the surviving weights."""
+    return [1 - (1 - sparsity) ** (r / rounds) for r in range(1, rounds + 1)]
+
+
+# ----------------------------------------------------------------------------- training
+
+@dataclass(frozen=True)
+class HParams:
+    """Optimisation defaults for every phase, chosen for 85%+ in 25 epochs (see README, "Model")."""
+    batch_size: int = 512
+    lr: float = 0.2                # peak; linear warm-up then linear decay to zero, restarted every phase
+    warmup: float = 0.2            # fraction of the phase spent warming up
+    momentum: float = 0.9          # Nesterov
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    bf16: bool = True              # autocast: AVX-512 BF16 / AMX on recent x86 CPUs, tensor cores on GPUs
+    channels_last: bool = True
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`None` picks CUDA when present, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or None (auto).") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: only 'cpu' and 'cuda' are supported.")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but this machine has no CUDA GPU; use 'cpu' or None.")
+    return dev
+
+
+def train(model: nn.Module, data: Data, epochs: int, masks: Masks | None = None, seed: int = 0,
+          device: str | torch.device | None = None, hp: HParams = HParams(), desc: str = "train",
+          progress: bool = True) -> list[dict]:
+    """Train with a fresh optimiser and schedule; pruned weights stay exactly zero. One dict per epoch."""
+    check_positive("epochs", epochs)
+    dev = resolve_device(device)
+    if data.x_train.device != dev:
+        data = data.to(dev)
+    model.to(dev, memory_format=torch.channels_last if hp.channels_last else torch.contiguous_format)
+    masks = {k: m.to(dev) for k, m in masks.items()} if masks else None
+    torch.manual_seed(seed)  # dropout
+    gen = torch.Generator(dev).manual_seed(seed)  # data order and augmentation
+    steps = len(data.x_train) // hp.batch_size
+    if steps < 1:
+        raise ValueError(f"batch_size={hp.batch_size} is larger than the {len(data.x_train)} training images.")
+    opt = torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=hp.momentum, nesterov=True,
+                          weight_decay=hp.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_then_decay(steps * epochs, hp.warmup))
+    weights = prunable_weights(model)
+    history = []
+    bar = tqdm(total=steps * epochs, desc=desc, disable=not progress, leave=False, unit="step")
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=dev)
+        order = torch.randperm(len(data.x_train), device=dev, generator=gen)
+        for step in range(steps):
+            idx = order[step * hp.batch_size:(step + 1) * hp.batch_size]
+            x = normalize(augment(data.x_train[idx], gen))
+            with torch.autocast(dev.type, torch.bfloat16, enabled=hp.bf16):
+                loss = F.cross_entropy(model(x), data.y_train[idx], label_smoothing=hp.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if masks:  # no gradient, hence no momentum, reaches a pruned weight ...
+                for name, w in weights.items():
+                    w.grad.mul_(masks[name])
+            opt.step()
+            if masks:  # ... and weight decay of a zero is zero; this re-zeroing makes it a guarantee
+                apply_masks(model, masks)
+            sched.step()
+            loss_sum += loss.detach()  # stays on the device: no host sync inside the epoch
+            bar.update()
+        history.append({"epoch": epoch, "train_loss": loss_sum.item() / steps,
+                        "val_acc": evaluate(model, data, hp), "seconds": time.perf_counter() - start})
+        bar.set_postfix(val_acc=f"{history[-1]['val_acc']:.3f}")
+    bar.close()
+    return history
+
+
+def warmup_then_decay(total_steps: int, warmup: float) -> Callable[[int], float]:
+    peak = max(1, round(warmup * total_steps))
+    return lambda step: step / peak if step < peak else max(0.0, (total_steps - step) / (total_steps - peak))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Data, hp: HParams = HParams(), batch_size: int = 1000) -> float:
+    """Accuracy on the test (= validation) set, as a fraction."""
+    model.eval()
+    dev = next(model.parameters()).device
+    correct = torch.zeros((), device=dev, dtype=torch.long)
+    for i in range(0, len(data.x_test), batch_size):
+        x = normalize(data.x_test[i:i + batch_size].to(dev))
+        with torch.autocast(dev.type, torch.bfloat16, enabled=hp.bf16):
+            correct += (model(x).argmax(1) == data.y_test[i:i + batch_size].to(dev)).sum()
+    model.train()
+    return correct.item() / len(data.x_test)
+
+
+# ----------------------------------------------------------------------------- experiments
+
+EXPERIMENTS = {  # experiment -> its defaults; every field of RunSpec can be overridden
+    "baseline": dict(rounds=0, epochs=25),
+    "lottery": dict(strategy="magnitude", reset="rewind"),
+    "random": dict(strategy="random", reset="rewind"),
+    "reinit": dict(strategy="magnitude", reset="reinit", sparsity=0.5),
+    "rounds_vs_epochs": dict(strategy="magnitude", reset="rewind", sparsity=0.5),
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that fixes one run. Phase 0 trains the dense net for `epochs`; then each of `rounds` rounds
+    prunes, resets the survivors and trains `epochs` more, ending at `sparsity`."""
+    experiment: str
+    sparsity: float = 0.0
+    rounds: int = 5
+    epochs: int = 5
+    strategy: str = "magnitude"
+    reset: str = "rewind"
+    scope: str = "layer"
+    batchnorm: bool = True
+    dropout: float = 0.0
+    seed: int = 0
+
+    @classmethod
+    def of(cls, experiment: str, quick: bool = False, **params) -> "RunSpec":
+        """The experiment's defaults overridden by `params`; `quick` cuts every phase to one epoch."""
+        check_choice("experiment", experiment, EXPERIMENTS)
+        unknown = set(params) - {f for f in cls.__dataclass_fields__ if f != "experiment"}
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {sorted(unknown)}; RunSpec takes {list(cls.__dataclass_fields__)}.")
+        spec = cls(experiment, **{**EXPERIMENTS[experiment], **params})
+        return replace(spec, epochs=1) if quick else spec
+
+    def __post_init__(self):
+        check_choice("experiment", self.experiment, EXPERIMENTS)
+        check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("reset", self.reset, RESETS)
+        check_choice("scope", self.scope, SCOPES)
+        check_positive("epochs", self.epochs)
+        check_fraction("sparsity", self.sparsity)
+        check_fraction("dropout", self.dropout)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed={self.seed!r}: must be a whole number >= 0.")
+        if self.rounds == 0 and self.sparsity == 0:
+            return  # a dense run: phase 0 only
+        check_positive("rounds", self.rounds)
+        if self.sparsity == 0:
+            raise ValueError(f"sparsity=0 with rounds={self.rounds}: a pruned run needs a sparsity in (0, 1); "
+                             "use rounds=0 for a dense run.")
+
+    @property
+    def name(self) -> str:
+        model = f"bn{int(self.batchnorm)}_do{self.dropout:g}"
+        if self.rounds == 0:
+            return f"{self.experiment}_{model}_E{self.epochs}_seed{self.seed}"
+        scope = "" if self.scope == "layer" else f"_{self.scope}"
+        return (f"{self.experiment}_p{self.sparsity:g}_R{self.rounds}_E{self.epochs}_{self.strategy}_{self.reset}"
+                f"{scope}_{model}_seed{self.seed}")
+
+    @property
+    def phase0_name(self) -> str:
+        """Phase 0 depends only on the model, the seed and the epochs: every arm that shares them shares it."""
+        return f"bn{int(self.batchnorm)}_do{self.dropout:g}_E{self.epochs}_seed{self.seed}"
+
+
+def phase_seed(seed: int, phase: int) -> int:
+    """Seed of data order, augmentation, dropout and random draws in one phase: resuming replays it exactly."""
+    return seed * 1000 + phase
+
+
+def run_experiment(spec: RunSpec, data: Data, device: str | torch.device | None = None,
+                   results_dir: Path | str = RESULTS, hp: HParams = HParams(), progress: bool = True) -> dict:
+    """Run (or resume, or just load) one run; returns its record, also saved as results/runs/<experiment>/<name>.json.
+
+    A checkpoint after every phase means an interruption loses at most the phase in progress.
+    """
+    results_dir = Path(results_dir)
+    out = results_dir / "runs" / spec.experiment / f"{spec.name}.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    dev = resolve_device(device)
+    data = data.to(dev)
+    say = print if not progress else tqdm.write
+    theta0, state, history = dense_phase(spec, data, dev, results_dir, hp, progress, say)
+    model = build_model(spec).to(dev)
+    model.load_state_dict(state)
+    masks = dense_masks(model)
+    ckpt = results_dir / "checkpoints" / f"{spec.name}.pt"
+    if ckpt.exists():
+        saved = torch.load(ckpt, map_location=dev)
+        model.load_state_dict(saved["state"])
+        masks, history = saved["masks"], saved["history"]
+        say(f"{spec.name}: resumed after round {history[-1]['round']}")
+    targets = round_sparsities(spec.sparsity, spec.rounds) if spec.rounds else []
+    for r in range(history[-1]["round"] + 1, spec.rounds + 1):
+        gen = torch.Generator(dev).manual_seed(phase_seed(spec.seed, r))
+        masks = prune(model, masks, targets[r - 1], spec.strategy, spec.scope, gen)
+        RESETS[spec.reset](model, {k: v.to(dev) for k, v in theta0.items()}, masks, gen)
+        epochs = train(model, data, spec.epochs, masks, phase_seed(spec.seed, r), dev, hp,
+                       desc=f"round {r}/{spec.rounds}", progress=progress)
+        history += annotate(epochs, "pruned", r, history[-1]["cum_epoch"], sparsity_report(masks))
+        save_atomic({"state": to_cpu(model.state_dict()), "masks": to_cpu(masks), "history": history}, ckpt)
+        say(f"{spec.name}: round {r}/{spec.rounds} at sparsity {targets[r - 1]:.3f}: "
+            f"val_acc {history[-1]['val_acc']:.4f}")
+    record = {"experiment": spec.experiment, "name": spec.name, "params": asdict(spec), "hparams": asdict(hp),
+              "history": history, "final_val_acc": history[-1]["val_acc"],
+              "final_sparsity": sparsity_report(masks)["overall"],
+              "seconds": sum(e["seconds"] for e in history), "device": describe_device(dev),
+              "versions": versions(), "data": data.source}
+    write_json(out, record)
+    ckpt.unlink(missing_ok=True)
+    return record
+
+
+def dense_phase(spec: RunSpec, data: Data, dev: torch.device, results_dir: Path, hp: HParams, progress: bool,
+                say: Callable) -> tuple[dict, dict, list[dict]]:
+    """Theta0, the weights after phase 0 and its history: loaded when another arm already trained it."""
+    path = results_dir / "checkpoints" / "phase0" / f"{spec.phase0_name}.pt"
+    if path.exists():
+        saved = torch.load(path, map_location=dev)
+        if saved["data"] == data.source and saved["hparams"] == asdict(hp):
+            say(f"{spec.name}: phase 0 loaded from {path.name}")
+            return saved["theta0"], saved["state"], saved["history"]
+    model = build_model(spec).to(dev)
+    theta0 = snapshot(model)
+    epochs = train(model, data, spec.epochs, None, phase_seed(spec.seed, 0), dev, hp, desc="dense", progress=progress)
+    history = annotate(epochs, "dense", 0, 0, sparsity_report(dense_masks(model)))
+    save_atomic({"theta0": to_cpu(theta0), "state": to_cpu(model.state_dict()), "history": history,
+                 "data": data.source, "hparams": asdict(hp)}, path)
+    say(f"{spec.name}: phase 0 ({spec.epochs} epochs dense): val_acc {history[-1]['val_acc']:.4f}")
+    return theta0, model.state_dict(), history
+
+
+def build_model(spec: RunSpec) -> CNN:
+    """The initial network theta0 of a run: a function of the seed alone."""
+    torch.manual_seed(spec.seed)
+    return CNN(batchnorm=spec.batchnorm, dropout=spec.dropout)
+
+
+def annotate(epochs: list[dict], phase: str, round_: int, cum_start: int, report: dict) -> list[dict]:
+    return [{"phase": phase, "round": round_, **e, "cum_epoch": cum_start + e["epoch"],
+             "sparsity": report["overall"], "layer_sparsity": report["layers"]} for e in epochs]
+
+
+def load_data(data_dir: str | None = None, quick: bool = False) -> Data:
+    """The notebooks' data: all of CIFAR-10, or a small subset for a quick end-to-end check."""
+    data = load_cifar10(data_dir)
+    return data.subset(2048, 1024) if quick else data
+
+
+def results_root(path: str | None = None, quick: bool = False) -> Path:
+    """Where runs are saved: results/, or results_quick/ so that quick runs never mix with real ones."""
+    return Path(path) if path else ROOT / ("results_quick" if quick else "results")
+
+
+# ----------------------------------------------------------------------------- results
+
+def to_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in tensors.items()}
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save through a temporary file, so a killed process never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def describe_device(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(dev)}"
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"cpu: {cpu}, {torch.get_num_threads()} threads"
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def load_records(results_dir: Path | str = RESULTS, experiment: str | None = None) -> list[dict]:
+    pattern = f"runs/{experiment or '*'}/*.json"
+    return [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(pattern))]
+
+
+def runs_table(records: list[dict]):
+    """One row per run: its parameters, final accuracy and sparsity, seconds."""
+    import pandas as pd
+    rows = [{**r["params"], "model": model_label(r["params"]), "final_val_acc": r["final_val_acc"], "final_sparsity": r["final_sparsity"],
+             "seconds": r["seconds"], "name": r["name"]} for r in records]
+    return pd.DataFrame(rows)
+
+
+def model_label(params: dict) -> str:
+    return f"{'BatchNorm' if params['batchnorm'] else 'no BatchNorm'}, dropout {params['dropout']:g}"
+
+
+def history_table(records: list[dict]):
+    """One row per epoch of every run, with the run's parameters."""
+    import pandas as pd
+    return pd.DataFrame([{**r["params"], "model": model_label(r["params"]), "name": r["name"], **{k: v for k, v in e.items() if k != "layer_sparsity"}}
+                         for r in records for e in r["history"]])
+
+
+# ----------------------------------------------------------------------------- checks
+
+def check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r}: must be a whole number >= 1.")
+
+
+def check_fraction(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}={value!r}: must be a number in [0, 1), e.g. 0.5 for half the weights pruned.")
+
+
+def check_choice(name: str, value, allowed: Iterable) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}: must be one of {', '.join(map(repr, allowed))}.")
+
+
+# ----------------------------------------------------------------------------- plots
+
+def style() -> None:
+    import seaborn as sns
+    sns.set_theme(style="whitegrid", context="notebook")
+
+
+def save_figure(fig, name: str, results_dir: Path | str = RESULTS) -> Path:
+    """Save under results/figures/ as PNG, readable on GitHub."""
+    path = Path(results_dir) / "figures" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_curves(history, hue: str, title: str, ax=None, baseline=None, palette: str = "viridis",
+                style: str | None = None):
+    """Validation accuracy against cumulative epoch, one line per `hue` (and `style`) value, mean and range over
+    seeds; dotted verticals mark where a round pruned and reset the survivors; `baseline`, a dense run, is dashed."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    if ax is None:
+        _, ax = plt.subplots(figsize=(11, 5.5))
+    sns.lineplot(data=history, x="cum_epoch", y="val_acc", hue=hue, style=style, palette=palette, marker="o",
+                 markersize=3, errorbar=("pi", 100), ax=ax)
+    for edge in history.loc[history["round"] > 0].groupby(["name", "round"])["cum_epoch"].min().unique() - 0.5:
+        ax.axvline(edge, color="grey", lw=0.6, ls=":")
+    if baseline is not None and len(baseline):
+        sns.lineplot(data=baseline, x="cum_epoch", y="val_acc", color="black", ls="--", lw=1.2,
+                     errorbar=("pi", 100), label="dense baseline", ax=ax)
+    ax.set(xlabel="cumulative epoch", ylabel="validation accuracy", title=title)
+    return ax
+
+
+def plot_final(table, x: str, hue: str, title: str, ax=None, baseline_acc: float | None = None):
+    """Final validation accuracy against `x`, one line per `hue` (mean, with the range over seeds)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 5))
+    sns.lineplot(data=table, x=x, y="final_val_acc", hue=hue, marker="o", errorbar=("pi", 100), ax=ax)
+    if baseline_acc is not None:
+        ax.axhline(baseline_acc, color="black", ls="--", lw=1.2, label=f"dense baseline ({baseline_acc:.3f})")
+        ax.legend()
+    ax.set(ylabel="final validation accuracy", title=title)
+    return ax
