@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 for every parameter set (default 1)")
     p.add_argument("--quick", action="store_true", help="tiny subset, 1 epoch a phase, saved in results_quick/")
+    p.add_argument("--results-dir", help="where runs and executed notebooks go (default: results/, or results_quick/)")
     p.add_argument("--force", action="store_true", help="retrain runs that are already done (phase 0 stays shared)")
     p.add_argument("--list", action="store_true", help="show what would run and what is done, then stop")
     args = p.parse_args(argv)
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     import papermill as pm
 
     args = parse_args(argv)
-    results = H.results_root(None, args.quick)
+    results = H.results_root(args.results_dir, args.quick)
     try:
         plan = jobs(args)
     except ValueError as e:
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{status(results, spec):8s} {notebook} {params or ''}")
         print(f"{epochs_left(results, [s for _, _, s in plan if s and status(results, s) != 'done'])} epochs to train")
         return 0
-    common = {"data_dir": args.data_dir, "device": args.device, "quick": args.quick,
+    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None  # notebooks run in notebooks/
+    common = {"data_dir": data_dir, "device": args.device, "quick": args.quick,
               "results_dir": str(results), "progress": False}
     failed, start, trained_epochs = [], time.time(), 0
     for i, (notebook, params, spec) in enumerate(plan, 1):

@@ -1,0 +1,38 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import helpers as H  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def fake_arrays(n_train: int = 256, n_test: int = 128, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random CIFAR-shaped images whose class is readable from the colour of their centre (so a net can learn it)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        x[:, 8:24, 8:24, :] = (y[:, None, None, None] * 25).astype(np.uint8)
+        out[f"x_{split}"], out[f"y_{split}"] = x, y.astype(np.int64)
+    return out
+
+
+@pytest.fixture
+def fake_npz(tmp_path) -> Path:
+    path = tmp_path / "cifar10.npz"
+    np.savez(path, **fake_arrays())
+    return path
+
+
+@pytest.fixture
+def data(fake_npz) -> H.Data:
+    return H.load_cifar10(fake_npz)
+
+
+FAST = H.HParams(batch_size=64, lr=0.05)  # the fake set's 256 images make 4 steps an epoch

@@ -1,0 +1,97 @@
+import pickle
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import helpers as H
+from conftest import fake_arrays
+
+
+def test_npz_is_loaded_as_uint8_nchw(fake_npz):
+    data = H.load_cifar10(fake_npz)
+    assert data.x_train.shape == (256, 3, 32, 32) and data.x_train.dtype == torch.uint8
+    assert data.x_test.shape == (128, 3, 32, 32) and data.y_test.dtype == torch.int64
+    raw = fake_arrays()
+    assert torch.equal(data.x_train[5].permute(1, 2, 0), torch.from_numpy(raw["x_train"][5]))
+    assert data.source["kind"] == "npz" and data.source["path"] == str(fake_npz.resolve())
+
+
+def test_folder_holding_the_npz_and_the_environment_variable(fake_npz, monkeypatch):
+    assert H.load_cifar10(fake_npz.parent).source["kind"] == "npz"
+    monkeypatch.setenv("CIFAR10_DATA", str(fake_npz))
+    assert len(H.load_cifar10().x_train) == 256
+
+
+def test_torchvision_folder(tmp_path, monkeypatch):
+    raw = fake_arrays(n_train=50, n_test=20)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    chunks = np.array_split(np.arange(50), 5)
+    batches = [(f"data_batch_{i + 1}", idx, "train") for i, idx in enumerate(chunks)] + [("test_batch", None, "test")]
+    for name, idx, split in batches:
+        x, y = raw[f"x_{split}"], raw[f"y_{split}"]
+        if idx is not None:
+            x, y = x[idx], y[idx]
+        rows = x.transpose(0, 3, 1, 2).reshape(len(x), -1)  # the CIFAR pickles store CHW rows
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rows, "labels": y.tolist()}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": list(H.CLASSES)}, f)
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    data = H.load_cifar10(tmp_path, download=False)
+    assert data.source["kind"] == "folder"
+    assert torch.equal(data.x_train.permute(0, 2, 3, 1), torch.from_numpy(raw["x_train"]))
+    assert torch.equal(data.y_test, torch.from_numpy(raw["y_test"]))
+
+
+def test_missing_data_offline_says_where_it_looked(tmp_path):
+    with pytest.raises(H.DataError, match="not found under .*CIFAR10_DATA"):
+        H.load_cifar10(tmp_path / "nothing", download=False)
+
+
+def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
+    def no_network(self):
+        raise urllib.error.URLError("no route to host")
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", no_network)
+    with pytest.raises(H.DataError, match="downloading failed .*no route to host.*offline machine"):
+        H.load_cifar10(tmp_path)
+
+
+def test_corrupt_and_wrong_shaped_files_are_named(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"this is not a zip file")
+    with pytest.raises(H.DataError, match="bad.npz is not a readable .npz"):
+        H.load_cifar10(bad)
+    wrong = tmp_path / "wrong.npz"
+    arrays = fake_arrays()
+    np.savez(wrong, **{**arrays, "x_test": arrays["x_test"][:, :16]})
+    with pytest.raises(H.DataError, match=r"wrong.npz: x_test is uint8 \(128, 16, 32, 3\)"):
+        H.load_cifar10(wrong)
+    np.savez(wrong, **{k: v for k, v in arrays.items() if k != "y_train"})
+    with pytest.raises(H.DataError, match=r"lacks the array\(s\) \['y_train'\]"):
+        H.load_cifar10(wrong)
+    with pytest.raises(H.DataError, match="does not exist"):
+        H.load_cifar10(tmp_path / "missing.npz")
+
+
+def test_augment_crops_and_flips_the_image_itself(data):
+    x = data.x_train[:64]
+    gen = torch.Generator().manual_seed(0)
+    out = H.augment(x, gen)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(len(x)):  # each output is a 32x32 window of the padded image, possibly mirrored
+        windows = padded[i].unfold(1, 32, 1).unfold(2, 32, 1).permute(1, 2, 0, 3, 4)  # 9x9 windows
+        assert any(torch.equal(w, out[i]) or torch.equal(w.flip(2), out[i]) for w in windows.reshape(-1, 3, 32, 32))
+    assert not torch.equal(out, x)
+    assert torch.equal(H.augment(x, torch.Generator().manual_seed(0)), out)  # same seed, same augmentation
+
+
+def test_normalize_is_channels_last_and_standardised(data):
+    x = H.normalize(data.x_train)
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(x[0, :, 0, 0], (data.x_train[0, :, 0, 0] / 255 - torch.tensor(H.MEAN)) / torch.tensor(H.STD))

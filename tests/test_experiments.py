@@ -1,0 +1,138 @@
+import json
+import subprocess
+import sys
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+import helpers as H
+from conftest import FAST, fake_arrays
+
+ROOT = H.ROOT
+
+
+def run(spec, data, tmp_path, **kw):
+    return H.run_experiment(spec, data, "cpu", tmp_path, FAST, progress=False, **kw)
+
+
+def without_seconds(history):
+    return [{k: v for k, v in e.items() if k != "seconds"} for e in history]
+
+
+@pytest.mark.parametrize("experiment", ["lottery", "random", "reinit"])
+def test_a_tiny_run_ends_exactly_at_p(experiment, data, tmp_path):
+    spec = H.RunSpec.of(experiment, sparsity=0.5, rounds=3, epochs=1)
+    record = run(spec, data, tmp_path)
+    assert record["final_sparsity"] == sum(round(0.5 * w.numel()) for w in H.prunable_weights(H.CNN()).values()) / \
+        sum(w.numel() for w in H.prunable_weights(H.CNN()).values())
+    assert [e["round"] for e in record["history"]] == [0, 1, 2, 3]
+    assert [e["cum_epoch"] for e in record["history"]] == [1, 2, 3, 4]
+    assert np.allclose([e["sparsity"] for e in record["history"][1:]], H.round_sparsities(0.5, 3), atol=1e-4)
+    assert record["params"]["strategy"] == H.EXPERIMENTS[experiment]["strategy"]
+    saved = json.loads((tmp_path / "runs" / experiment / f"{spec.name}.json").read_text())
+    assert saved == record and {"device", "versions", "data", "seconds", "final_val_acc"} <= set(saved)
+    assert not (tmp_path / "checkpoints" / f"{spec.name}.pt").exists()  # a finished run leaves no checkpoint
+
+
+def test_a_round_rewinds_or_reinitialises_the_survivors():
+    torch.manual_seed(0)
+    model = H.CNN()
+    theta0 = H.snapshot(model)
+    with torch.no_grad():
+        for w in model.parameters():
+            w.add_(torch.randn_like(w))  # stands for training
+    trained = H.snapshot(model)
+    masks = {}
+    for experiment in ("lottery", "random", "reinit"):
+        model.load_state_dict(trained)
+        spec = H.RunSpec.of(experiment, sparsity=0.5, rounds=5)
+        masks[experiment] = H.prune_and_reset(model, H.dense_masks(model), theta0, spec, 1)
+        for name, w in H.prunable_weights(model).items():
+            m = masks[experiment][name]
+            assert (w[~m] == 0).all()
+            if experiment == "reinit":
+                assert (w[m] != theta0[name][m]).float().mean() > 0.99
+            else:
+                assert torch.equal(w[m], theta0[name][m])
+    assert any(not torch.equal(masks["lottery"][k], masks["random"][k]) for k in masks["lottery"])
+    assert all(torch.equal(masks["lottery"][k], masks["reinit"][k]) for k in masks["lottery"])
+
+
+def test_phase0_is_trained_once_and_shared(data, tmp_path, monkeypatch):
+    calls = []
+    train = H.train
+    monkeypatch.setattr(H, "train", lambda *a, **k: calls.append(k.get("desc")) or train(*a, **k))
+    a = run(H.RunSpec.of("lottery", sparsity=0.2, rounds=1, epochs=1), data, tmp_path)
+    b = run(H.RunSpec.of("random", sparsity=0.4, rounds=1, epochs=1), data, tmp_path)
+    assert calls.count("dense") == 1 and len(calls) == 3
+    assert a["history"][0] == b["history"][0]
+    run(H.RunSpec.of("lottery", sparsity=0.2, rounds=1, epochs=1), data, tmp_path)  # done: loaded, not trained
+    assert len(calls) == 3
+
+
+def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(data, tmp_path, monkeypatch):
+    spec = H.RunSpec.of("random", sparsity=0.5, rounds=3, epochs=1, dropout=0.1)
+    whole = run(spec, data, tmp_path / "whole")
+    train, calls = H.train, []
+
+    def dies_in_round_2(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the session ends in the middle of round 2
+        return train(*a, **k)
+    monkeypatch.setattr(H, "train", dies_in_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, data, tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "checkpoints" / f"{spec.name}.pt").exists()
+    monkeypatch.setattr(H, "train", train)
+    resumed = run(spec, data, tmp_path / "resumed")
+    assert without_seconds(resumed["history"]) == without_seconds(whole["history"])
+
+
+def test_bad_run_parameters_name_the_parameter():
+    cases = [(dict(sparsity=1.0), "sparsity=1.0: must be a number in \\[0, 1\\)"),
+             (dict(sparsity=0.5, rounds=0), "rounds=0: must be a whole number >= 1"),
+             (dict(sparsity=0.5, epochs=0), "epochs=0: must be a whole number >= 1"),
+             (dict(sparsity=0.5, strategy="largest"), "strategy='largest': must be one of 'magnitude', 'random'"),
+             (dict(sparsity=0.5, reset="rewinds"), "reset='rewinds': must be one of 'rewind', 'reinit'"),
+             (dict(sparsity=0.0), "sparsity=0 with rounds=5"),
+             (dict(sparsity=0.5, sparsty=0.3), "unknown parameter\\(s\\) \\['sparsty'\\]")]
+    for params, message in cases:
+        with pytest.raises(ValueError, match=message):
+            H.RunSpec.of("lottery", **params)
+    with pytest.raises(ValueError, match="experiment='lotery'"):
+        H.RunSpec.of("lotery")
+
+
+def run_all(*args, **kw):
+    return subprocess.run([sys.executable, str(ROOT / "run_all.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, **kw)
+
+
+def test_run_all_rejects_bad_options():
+    out = run_all("--only", "02_lotery")
+    assert out.returncode == 2 and "unknown notebook(s) ['02_lotery']" in out.stderr
+    out = run_all("--device", "tpu", "--list")
+    assert out.returncode == 2 and "device='tpu'" in out.stderr
+
+
+def test_run_all_quick_executes_every_notebook_without_errors(tmp_path):
+    np.savez(tmp_path / "cifar10.npz", **fake_arrays(n_train=600, n_test=200))
+    results = tmp_path / "results"
+    common = ["--quick", "--data-dir", str(tmp_path / "cifar10.npz"), "--results-dir", str(results)]
+    out = run_all(*common, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    executed = sorted((results / "notebooks").glob("*.ipynb"))
+    assert {p.name.split("__")[0].removesuffix(".ipynb") for p in executed} == set(
+        p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
+    assert len(executed) == 21
+    for path in executed:
+        nb = nbformat.read(path, as_version=4)
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+        assert not errors, path.name
+    assert len(list((results / "runs").glob("*/*.json"))) == 20
+    assert len(list((results / "figures").glob("*.png"))) >= 6
+    listing = run_all(*common, "--list")
+    assert listing.returncode == 0 and listing.stdout.count("done ") == 20 and "0 epochs to train" in listing.stdout
