@@ -398,7 +398,7 @@ def train(model: nn.Module, data: Data, epochs: int, masks: Masks | None = None,
 
 def warmup_then_decay(total_steps: int, warmup: float) -> Callable[[int], float]:
     peak = max(1, round(warmup * total_steps))
-    return lambda step: step / peak if step < peak else max(0.0, (total_steps - step) / (total_steps - peak))
+    return lambda step: step / peak if step < peak else max(0.0, (total_steps - step) / max(1, total_steps - peak))
 
 
 @torch.no_grad()
