@@ -129,11 +129,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW images to normalised float32 in channels_last (the memory format oneDNN and cuDNN prefer)."""
+def normalize(x: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+    """uint8 NCHW images to normalised float32, in channels_last by default (the format oneDNN and cuDNN prefer)."""
     mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1) * 255
     std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1) * 255
-    return ((x.float() - mean) / std).contiguous(memory_format=torch.channels_last)
+    return ((x.float() - mean) / std).contiguous(memory_format=torch.channels_last if channels_last else
+                                                  torch.contiguous_format)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -375,7 +376,7 @@ def train(model: nn.Module, data: Data, epochs: int, masks: Masks | None = None,
         order = torch.randperm(len(data.x_train), device=dev, generator=gen)
         for step in range(steps):
             idx = order[step * hp.batch_size:(step + 1) * hp.batch_size]
-            x = normalize(augment(data.x_train[idx], gen))
+            x = normalize(augment(data.x_train[idx], gen), hp.channels_last)
             with torch.autocast(dev.type, torch.bfloat16, enabled=hp.bf16):
                 loss = F.cross_entropy(model(x), data.y_train[idx], label_smoothing=hp.label_smoothing)
             opt.zero_grad(set_to_none=True)
@@ -408,7 +409,7 @@ def evaluate(model: nn.Module, data: Data, hp: HParams = HParams(), batch_size: 
     dev = next(model.parameters()).device
     correct = torch.zeros((), device=dev, dtype=torch.long)
     for i in range(0, len(data.x_test), batch_size):
-        x = normalize(data.x_test[i:i + batch_size].to(dev))
+        x = normalize(data.x_test[i:i + batch_size].to(dev), hp.channels_last)
         with torch.autocast(dev.type, torch.bfloat16, enabled=hp.bf16):
             correct += (model(x).argmax(1) == data.y_test[i:i + batch_size].to(dev)).sum()
     model.train()

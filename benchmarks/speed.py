@@ -1,0 +1,175 @@
+"""Training throughput of the project's path against the usual CIFAR-10 tutorial loop, side by side.
+
+    python benchmarks/speed.py                 # project vs reference, alternating, 3 repeats, on CUDA if present
+    python benchmarks/speed.py --switches      # also what each switch of the fast path buys, one at a time
+    python benchmarks/speed.py --device cpu --images 10240 --repeats 5
+
+One measurement = one epoch over `--images` training images plus validation over a fifth as many test images,
+which is what an epoch of the notebooks does. Each measurement runs in its own subprocess (after one warm-up epoch)
+so that its peak memory is its own; the variants alternate (a, b, a, b, ...) and the medians are compared.
+
+(a) project: `helpers.train` as the notebooks call it: uint8 data resident on the device, crop + flip as one
+    batched gather, bf16 autocast, channels_last, no host sync inside the epoch.
+(b) reference: `torchvision.datasets.CIFAR10` with Compose([RandomCrop(32, padding=4), RandomHorizontalFlip(),
+    ToTensor(), Normalize]) per image through PIL, a DataLoader (shuffle, 2 workers), float32, default memory
+    format, `loss.item()` every step; the same CNN, optimiser, schedule, batch size and number of images.
+CIFAR-10 comes from --data-dir / $CIFAR10_DATA when found, else random images of its shape (speed does not depend
+on the pixels).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import torchvision  # noqa: E402
+import torchvision.transforms as T  # noqa: E402
+
+import helpers as H  # noqa: E402
+
+VARIANTS = {  # name -> (path, HParams overrides, torch.compile)
+    "reference": ("reference", {}, False),
+    "project": ("project", {}, False),
+}
+SWITCHES = {  # the fast path's switches, added one at a time from the reference's float32, NCHW, batch 512
+    "tensor data path, fp32, NCHW": ("project", dict(bf16=False, channels_last=False), False),
+    "+ channels_last, fp32": ("project", dict(bf16=False), False),
+    "+ bf16 autocast (= project)": ("project", {}, False),
+    "project at batch 128": ("project", dict(batch_size=128), False),
+    "project + torch.compile": ("project", {}, True),
+}
+
+
+class ArrayCIFAR10(torchvision.datasets.CIFAR10):
+    """torchvision's CIFAR10 class, its own __getitem__ (PIL image -> transforms), fed from arrays in memory."""
+
+    def __init__(self, images, labels, transform):
+        torchvision.datasets.VisionDataset.__init__(self, "", transform=transform)
+        self.data, self.targets = images, labels
+
+
+def load(args) -> H.Data:
+    try:
+        data = H.load_cifar10(args.data_dir, download=False)
+    except H.DataError:
+        g = torch.Generator().manual_seed(0)
+        x = lambda n: torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+        y = lambda n: torch.randint(0, 10, (n,), generator=g)
+        data = H.Data(x(50_000), y(50_000), x(10_000), y(10_000), {"description": "random images of CIFAR-10's shape"})
+    return data.subset(args.images, args.images // 5)
+
+
+def reference_epoch(model: torch.nn.Module, data: H.Data, hp: H.HParams, dev: torch.device) -> None:
+    """The tutorial loop: per-image PIL transforms in DataLoader workers, float32, a host sync every step."""
+    norm = T.Normalize(H.MEAN, H.STD)
+    train_set = ArrayCIFAR10(data.x_train.permute(0, 2, 3, 1).numpy(), data.y_train.tolist(),
+                             T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm]))
+    test_set = ArrayCIFAR10(data.x_test.permute(0, 2, 3, 1).numpy(), data.y_test.tolist(), T.Compose([T.ToTensor(), norm]))
+    loader = torch.utils.data.DataLoader(train_set, batch_size=hp.batch_size, shuffle=True, num_workers=2, drop_last=True)
+    opt = torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=hp.momentum, nesterov=True,
+                          weight_decay=hp.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, H.warmup_then_decay(len(loader), hp.warmup))
+    model.train()
+    running_loss = 0.0
+    for x, y in loader:
+        x, y = x.to(dev), y.to(dev)
+        loss = F.cross_entropy(model(x), y, label_smoothing=hp.label_smoothing)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        running_loss += loss.item()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(test_set, batch_size=1000, num_workers=2):
+            correct += (model(x.to(dev)).argmax(1) == y.to(dev)).sum().item()
+
+
+def measure(args) -> dict:
+    """One variant in this process: a warm-up epoch, then the timed one; images per second and peak memory."""
+    path, overrides, compile_ = (VARIANTS | SWITCHES)[args.worker]
+    dev = H.resolve_device(args.device)
+    data = load(args)
+    hp = H.HParams(**{"batch_size": args.batch_size, **overrides})
+    torch.manual_seed(0)
+    model = H.CNN().to(dev)
+    if compile_:
+        model = torch.compile(model)
+    if path == "project":
+        data = data.to(dev)
+        epoch = lambda: H.train(model, data, 1, device=dev, hp=hp, progress=False)
+    else:
+        epoch = lambda: reference_epoch(model, data, hp, dev)
+    epoch()  # warm-up: kernel selection, worker start-up, compilation
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    epoch()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else  # ru_maxrss is in KiB on Linux
+            (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024)
+    return {"images_per_s": args.images // hp.batch_size * hp.batch_size / seconds, "peak_mib": peak,
+            "data": data.source["description"]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
+    p.add_argument("--images", type=int, default=10_240, help="training images per measured epoch (default 10240)")
+    p.add_argument("--batch-size", type=int, default=H.HParams.batch_size)
+    p.add_argument("--repeats", type=int, default=3, help="measurements of each variant (default 3)")
+    p.add_argument("--switches", action="store_true", help="also measure each switch of the fast path on its own")
+    p.add_argument("--data-dir", help="CIFAR-10 folder or .npz (default: $CIFAR10_DATA, else ./data, else random)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(measure(args)))
+        return 0
+    for name, value in (("--images", args.images), ("--repeats", args.repeats), ("--batch-size", args.batch_size)):
+        if value < 1:
+            p.error(f"{name} {value}: must be at least 1")
+    if args.images < args.batch_size:
+        p.error(f"--images {args.images} is fewer than one batch of {args.batch_size}")
+    try:
+        dev = H.resolve_device(args.device)
+    except ValueError as e:
+        p.error(str(e))
+    variants = list(VARIANTS) + (list(SWITCHES) if args.switches else [])
+    print(f"device: {H.describe_device(dev)}; versions: {H.versions()}")
+    print(f"settings: {args.images} training + {args.images // 5} test images an epoch, batch {args.batch_size}, "
+          f"{args.repeats} repeats, alternating {', '.join(variants)}")
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    forward = [a for a in sys.argv[1:] if a != "--switches"]
+    for rep in range(args.repeats):
+        for v in variants:
+            out = subprocess.run([sys.executable, __file__, *forward, "--device", str(dev), "--worker", v],
+                                 capture_output=True, text=True)
+            if out.returncode:
+                print(f"{v}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+                return 1
+            runs[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"  repeat {rep + 1} {v}: {runs[v][-1]['images_per_s']:.0f} img/s", flush=True)
+    print(f"data: {runs[variants[0]][0]['data']}")
+    ref = statistics.median(r["images_per_s"] for r in runs["reference"])
+    print(f"\n| path | images/s (median of {args.repeats}) | vs reference | peak memory (MiB) |\n| --- | --- | --- | --- |")
+    for v, rs in runs.items():
+        speed = statistics.median(r["images_per_s"] for r in rs)
+        print(f"| {v} | {speed:.0f} | {speed / ref:.2f}x | {max(r['peak_mib'] for r in rs):.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
