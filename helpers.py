@@ -637,6 +637,22 @@ def history_table(records: list[dict]):
                          for r in records for e in r["history"]])
 
 
+def reading(record: dict, results_dir: Path | str = RESULTS) -> str:
+    """A run's result in words: against the dense baseline of its model and the other arms at its sparsity."""
+    p = record["params"]
+    same_model = lambda r: all(r["params"][k] == p[k] for k in ("batchnorm", "dropout", "seed"))
+    text = f"{record['name']}: {record['final_val_acc']:.2%} validation accuracy at sparsity {record['final_sparsity']:.1%}"
+    dense = [r for r in load_records(results_dir, "baseline") if same_model(r)]
+    if dense and record["experiment"] != "baseline":
+        d = dense[0]["final_val_acc"]
+        text += f", {100 * (record['final_val_acc'] - d):+.2f} points against the dense 25-epoch baseline ({d:.2%})"
+    for other in load_records(results_dir):
+        if other["experiment"] in ("lottery", "random", "reinit") and other["experiment"] != record["experiment"] \
+                and same_model(other) and all(other["params"][k] == p[k] for k in ("sparsity", "rounds", "epochs")):
+            text += f"; {other['experiment']} at the same sparsity and schedule: {other['final_val_acc']:.2%}"
+    return text + "."
+
+
 # ----------------------------------------------------------------------------- checks
 
 def check_positive(name: str, value) -> None:

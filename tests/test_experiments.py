@@ -91,6 +91,23 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(data, tmp_path, m
     assert without_seconds(resumed["history"]) == without_seconds(whole["history"])
 
 
+def test_reading_compares_with_the_dense_baseline_and_the_other_arms(tmp_path):
+    def record(experiment, acc, **params):
+        spec = H.RunSpec.of(experiment, **params)
+        r = {"experiment": experiment, "name": spec.name, "params": vars(spec), "final_val_acc": acc,
+             "final_sparsity": spec.sparsity}
+        H.write_json(tmp_path / "runs" / experiment / f"{spec.name}.json", r)
+        return r
+    record("baseline", 0.85)
+    record("baseline", 0.80, batchnorm=False)  # another model: not its baseline
+    record("random", 0.79, sparsity=0.5)
+    record("random", 0.81, sparsity=0.2)  # another sparsity: not compared
+    text = H.reading(record("lottery", 0.84, sparsity=0.5), tmp_path)
+    assert text == ("lottery_p0.5_R5_E5_magnitude_rewind_bn1_do0_seed0: 84.00% validation accuracy at sparsity 50.0%, "
+                    "-1.00 points against the dense 25-epoch baseline (85.00%); random at the same sparsity and "
+                    "schedule: 79.00%.")
+
+
 def test_bad_run_parameters_name_the_parameter():
     cases = [(dict(sparsity=1.0), "sparsity=1.0: must be a number in \\[0, 1\\)"),
              (dict(sparsity=0.5, rounds=0), "rounds=0: must be a whole number >= 1"),
