@@ -30,9 +30,9 @@ def test_history_has_one_entry_per_epoch(data):
 
 
 def test_it_learns(data):
-    history = H.train(net(), data, 6, hp=FAST, progress=False)
+    history = H.train(net(), data, 6, hp=H.HParams(batch_size=32, lr=0.05), progress=False)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    assert history[-1]["val_acc"] > 0.3  # chance is 0.1; the class is written in each image's centre
+    assert history[-1]["val_acc"] > 0.5  # chance is 0.1; the class is written in each image's centre
 
 
 def test_pruned_weights_stay_zero_and_get_no_momentum(data, monkeypatch):
