@@ -17,6 +17,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+
 import helpers as H
 
 SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -87,7 +89,13 @@ def epochs_left(results: Path, todo: list[H.RunSpec]) -> int:
     """Epochs still to train, counting each shared phase 0 once."""
     phase0 = {s.phase0_name: s.epochs for s in todo
               if not (results / "checkpoints" / "phase0" / f"{s.phase0_name}.pt").exists()}
-    return sum(phase0.values()) + sum(s.rounds * s.epochs for s in todo)
+    return sum(phase0.values()) + sum((s.rounds - rounds_done(results, s)) * s.epochs for s in todo)
+
+
+def rounds_done(results: Path, spec: H.RunSpec) -> int:
+    """Rounds an interrupted run has finished (its checkpoint), 0 for a run not started."""
+    ckpt = results / "checkpoints" / f"{spec.name}.pt"
+    return torch.load(ckpt, map_location="cpu")["history"][-1]["round"] if ckpt.exists() else 0
 
 
 def log_timing(results: Path, row: dict) -> None:
@@ -143,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # a failed run is logged and the others go on; its checkpoints are kept
             failed.append(f"{notebook} {params}: {type(e).__name__}: {str(e).strip().splitlines()[-1:]}")
             result = "failed"
-        trained_epochs += left - epochs_left(results, todo)
+        trained_epochs += left - epochs_left(results, [s for s in todo if status(results, s) != "done"])
         log_timing(results, {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              "notebook": notebook, "params": params, "seconds": round(time.time() - t0, 1),
                              "status": result})

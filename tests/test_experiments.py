@@ -153,3 +153,8 @@ def test_run_all_quick_executes_every_notebook_without_errors(tmp_path):
     assert len(list((results / "figures").glob("*.png"))) >= 6
     listing = run_all(*common, "--list")
     assert listing.returncode == 0 and listing.stdout.count("done ") == 20 and "0 epochs to train" in listing.stdout
+    seeds = run_all(*common, "--seeds", "2", "--only", "02_lottery_sweep", "06_summary", timeout=600)
+    assert seeds.returncode == 0, seeds.stdout[-3000:] + seeds.stderr[-3000:]
+    assert len(list((results / "runs" / "lottery").glob("*_seed1.json"))) == 5
+    summary = nbformat.read(results / "notebooks" / "06_summary.ipynb", as_version=4)
+    assert "(range " in "".join(o.get("text", "") for c in summary.cells if c.cell_type == "code" for o in c.outputs)
