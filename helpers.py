@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parent
@@ -43,7 +42,9 @@ class DataError(RuntimeError):
 
 @dataclass
 class Data:
-    """CIFAR-10 held in memory as uint8 NCHW images and int64 labels (the test set is the validation set)."""
+    """CIFAR-10 in memory: uint8 NCHW images (channels_last in memory, as decoded) and int64 labels.
+
+    The test set is the validation set."""
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
@@ -100,6 +101,7 @@ def _load_npz(path: Path) -> Data:
 
 
 def _load_torchvision(root: Path, download: bool) -> Data:
+    import torchvision  # imported where needed: it costs 170 MB of resident memory
     local = (root / "cifar-10-batches-py").is_dir()
     try:
         splits = [torchvision.datasets.CIFAR10(root, train=t, download=download and not local) for t in (True, False)]
@@ -116,7 +118,7 @@ def _load_torchvision(root: Path, download: bool) -> Data:
 
 
 def _to_data(x_train, y_train, x_test, y_test, source: dict) -> Data:
-    nchw = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    nchw = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2)  # NHWC memory is channels_last: no copy
     label = lambda y: torch.from_numpy(np.asarray(y, dtype=np.int64))
     return Data(nchw(x_train), label(y_train), nchw(x_test), label(y_test), source)
 
@@ -610,6 +612,7 @@ def describe_device(dev: torch.device) -> str:
 
 
 def versions() -> dict:
+    import torchvision  # imported where needed: it costs 170 MB of resident memory
     return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
 
 

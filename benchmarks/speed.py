@@ -30,8 +30,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import torchvision  # noqa: E402
-import torchvision.transforms as T  # noqa: E402
 
 import helpers as H  # noqa: E402
 
@@ -48,20 +46,12 @@ SWITCHES = {  # the fast path's switches, added one at a time from the reference
 }
 
 
-class ArrayCIFAR10(torchvision.datasets.CIFAR10):
-    """torchvision's CIFAR10 class, its own __getitem__ (PIL image -> transforms), fed from arrays in memory."""
-
-    def __init__(self, images, labels, transform):
-        torchvision.datasets.VisionDataset.__init__(self, "", transform=transform)
-        self.data, self.targets = images, labels
-
-
 def load(args) -> H.Data:
     try:
         data = H.load_cifar10(args.data_dir, download=False)
     except H.DataError:
         g = torch.Generator().manual_seed(0)
-        x = lambda n: torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+        x = lambda n: torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g).permute(0, 3, 1, 2)
         y = lambda n: torch.randint(0, 10, (n,), generator=g)
         data = H.Data(x(50_000), y(50_000), x(10_000), y(10_000), {"description": "random images of CIFAR-10's shape"})
     return data.subset(args.images, args.images // 5)
@@ -69,6 +59,16 @@ def load(args) -> H.Data:
 
 def reference_epoch(model: torch.nn.Module, data: H.Data, hp: H.HParams, dev: torch.device) -> None:
     """The tutorial loop: per-image PIL transforms in DataLoader workers, float32, a host sync every step."""
+    import torchvision  # only this path pays for it (170 MB of resident memory)
+    import torchvision.transforms as T
+
+    class ArrayCIFAR10(torchvision.datasets.CIFAR10):
+        """torchvision's CIFAR10 class, its own __getitem__ (PIL image -> transforms), fed from arrays in memory."""
+
+        def __init__(self, images, labels, transform):
+            torchvision.datasets.VisionDataset.__init__(self, "", transform=transform)
+            self.data, self.targets = images, labels
+
     norm = T.Normalize(H.MEAN, H.STD)
     train_set = ArrayCIFAR10(data.x_train.permute(0, 2, 3, 1).numpy(), data.y_train.tolist(),
                              T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm]))
