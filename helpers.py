@@ -622,10 +622,11 @@ def load_records(results_dir: Path | str = RESULTS, experiment: str | None = Non
 
 
 def runs_table(records: list[dict]):
-    """One row per run: its parameters, final accuracy and sparsity, seconds."""
+    """One row per run: its parameters, final accuracy (and its dense phase 0's), sparsity, seconds."""
     import pandas as pd
-    rows = [{**r["params"], "model": model_label(r["params"]), "final_val_acc": r["final_val_acc"], "final_sparsity": r["final_sparsity"],
-             "seconds": r["seconds"], "name": r["name"]} for r in records]
+    rows = [{**r["params"], "model": model_label(r["params"]), "final_val_acc": r["final_val_acc"],
+             "phase0_val_acc": phase0_acc(r), "final_sparsity": r["final_sparsity"], "seconds": r["seconds"],
+             "name": r["name"]} for r in records]
     return pd.DataFrame(rows)
 
 
@@ -634,10 +635,17 @@ def model_label(params: dict) -> str:
 
 
 def history_table(records: list[dict]):
-    """One row per epoch of every run, with the run's parameters."""
+    """One row per epoch of every run, with the run's parameters; `sparsity` is the run's final p and
+    `sparsity_now` the sparsity during that epoch."""
     import pandas as pd
-    return pd.DataFrame([{**r["params"], "model": model_label(r["params"]), "name": r["name"], **{k: v for k, v in e.items() if k != "layer_sparsity"}}
+    epoch = lambda e: {("sparsity_now" if k == "sparsity" else k): v for k, v in e.items() if k != "layer_sparsity"}
+    return pd.DataFrame([{**r["params"], "model": model_label(r["params"]), "name": r["name"], **epoch(e)}
                          for r in records for e in r["history"]])
+
+
+def phase0_acc(record: dict) -> float:
+    """Validation accuracy of the dense network at the end of phase 0: trained as long as each pruned phase."""
+    return [e for e in record["history"] if e["round"] == 0][-1]["val_acc"]
 
 
 def reading(record: dict, results_dir: Path | str = RESULTS) -> str:
@@ -649,6 +657,9 @@ def reading(record: dict, results_dir: Path | str = RESULTS) -> str:
     if dense and record["experiment"] != "baseline":
         d = dense[0]["final_val_acc"]
         text += f", {100 * (record['final_val_acc'] - d):+.2f} points against the dense 25-epoch baseline ({d:.2%})"
+    if p["rounds"]:  # the fairer reference: the same dense network after the same E epochs
+        d = phase0_acc(record)
+        text += f", {100 * (record['final_val_acc'] - d):+.2f} points against its dense phase 0 ({p['epochs']} epochs: {d:.2%})"
     for other in load_records(results_dir):
         if other["experiment"] in ("lottery", "random", "reinit") and other["experiment"] != record["experiment"] \
                 and same_model(other) and all(other["params"][k] == p[k] for k in ("sparsity", "rounds", "epochs")):
@@ -704,18 +715,20 @@ def plot_curves(history, hue: str, title: str, ax=None, baseline=None, palette: 
         sns.lineplot(data=baseline, x="cum_epoch", y="val_acc", color="black", ls="--", lw=1.2,
                      errorbar=("pi", 100), label="dense baseline", ax=ax)
     ax.set(xlabel="cumulative epoch", ylabel="validation accuracy", title=title)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     return ax
 
 
-def plot_final(table, x: str, hue: str, title: str, ax=None, baseline_acc: float | None = None):
-    """Final validation accuracy against `x`, one line per `hue` (mean, with the range over seeds)."""
+def plot_final(table, x: str, hue: str, title: str, ax=None, references: dict[str, float] | None = None):
+    """Final validation accuracy against `x`, one line per `hue` (mean, with the range over seeds); each of
+    `references` (label -> accuracy, e.g. the dense baseline) is a dashed horizontal line."""
     import matplotlib.pyplot as plt
     import seaborn as sns
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 5))
     sns.lineplot(data=table, x=x, y="final_val_acc", hue=hue, marker="o", errorbar=("pi", 100), ax=ax)
-    if baseline_acc is not None:
-        ax.axhline(baseline_acc, color="black", ls="--", lw=1.2, label=f"dense baseline ({baseline_acc:.3f})")
-        ax.legend()
+    for (label, acc), ls in zip((references or {}).items(), ("--", ":", "-.")):
+        ax.axhline(acc, color="black", ls=ls, lw=1.2, label=f"{label} ({acc:.3f})")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set(ylabel="final validation accuracy", title=title)
     return ax
