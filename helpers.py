@@ -653,14 +653,15 @@ def reading(record: dict, results_dir: Path | str = RESULTS) -> str:
     p = record["params"]
     same_model = lambda r: all(r["params"][k] == p[k] for k in ("batchnorm", "dropout", "seed"))
     text = f"{record['name']}: {record['final_val_acc']:.2%} validation accuracy at sparsity {record['final_sparsity']:.1%}"
-    dense = [r for r in load_records(results_dir, "baseline") if same_model(r)]
+    records = load_records(results_dir)
+    dense = [r for r in records if r["experiment"] == "baseline" and same_model(r)]
     if dense and record["experiment"] != "baseline":
         d = dense[0]["final_val_acc"]
         text += f", {100 * (record['final_val_acc'] - d):+.2f} points against the dense 25-epoch baseline ({d:.2%})"
     if p["rounds"]:  # the fairer reference: the same dense network after the same E epochs
         d = phase0_acc(record)
         text += f", {100 * (record['final_val_acc'] - d):+.2f} points against its dense phase 0 ({p['epochs']} epochs: {d:.2%})"
-    for other in load_records(results_dir):
+    for other in records:
         if other["experiment"] in ("lottery", "random", "reinit") and other["experiment"] != record["experiment"] \
                 and same_model(other) and all(other["params"][k] == p[k] for k in ("sparsity", "rounds", "epochs")):
             text += f"; {other['experiment']} at the same sparsity and schedule: {other['final_val_acc']:.2%}"
