@@ -5,6 +5,7 @@ Every notebook in notebooks/ is a few calls into this file.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import math
@@ -349,12 +350,25 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
+def keep_freed_memory() -> None:
+    """CPU: glibc returns every freed block over 32 MiB (a batch's activations) to the OS and page-faults it back,
+    zeroed, at the next step; raising its mmap and trim thresholds keeps such blocks in the heap for reuse."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc: nothing to tune
+    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: blocks up to 1 GiB come from the heap
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of free heap instead of trimming it
+
+
 def train(model: nn.Module, data: Data, epochs: int, masks: Masks | None = None, seed: int = 0,
           device: str | torch.device | None = None, hp: HParams = HParams(), desc: str = "train",
           progress: bool = True) -> list[dict]:
     """Train with a fresh optimiser and schedule; pruned weights stay exactly zero. One dict per epoch."""
     check_positive("epochs", epochs)
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()
     if data.x_train.device != dev:
         data = data.to(dev)
     model.to(dev, memory_format=torch.channels_last if hp.channels_last else torch.contiguous_format)
@@ -486,6 +500,21 @@ class RunSpec:
         return f"bn{int(self.batchnorm)}_do{self.dropout:g}_E{self.epochs}_seed{self.seed}"
 
 
+def record_path(results_dir: Path | str, spec: RunSpec) -> Path:
+    """A finished run's record: results/runs/<experiment>/<name>.json."""
+    return Path(results_dir) / "runs" / spec.experiment / f"{spec.name}.json"
+
+
+def checkpoint_path(results_dir: Path | str, spec: RunSpec) -> Path:
+    """An unfinished run's state after its last finished round: results/checkpoints/<name>.pt."""
+    return Path(results_dir) / "checkpoints" / f"{spec.name}.pt"
+
+
+def phase0_path(results_dir: Path | str, spec: RunSpec) -> Path:
+    """The dense phase 0 shared by every arm with the same model, seed and epochs."""
+    return Path(results_dir) / "checkpoints" / "phase0" / f"{spec.phase0_name}.pt"
+
+
 def phase_seed(seed: int, phase: int) -> int:
     """Seed of data order, augmentation, dropout and random draws in one phase: resuming replays it exactly."""
     return seed * 1000 + phase
@@ -497,8 +526,7 @@ def run_experiment(spec: RunSpec, data: Data, device: str | torch.device | None 
 
     A checkpoint after every phase means an interruption loses at most the phase in progress.
     """
-    results_dir = Path(results_dir)
-    out = results_dir / "runs" / spec.experiment / f"{spec.name}.json"
+    out = record_path(results_dir, spec)
     if out.exists():
         return json.loads(out.read_text())
     dev = resolve_device(device)
@@ -508,7 +536,7 @@ def run_experiment(spec: RunSpec, data: Data, device: str | torch.device | None 
     model = build_model(spec).to(dev)
     model.load_state_dict(state)
     masks = dense_masks(model)
-    ckpt = results_dir / "checkpoints" / f"{spec.name}.pt"
+    ckpt = checkpoint_path(results_dir, spec)
     if ckpt.exists():
         saved = torch.load(ckpt, map_location=dev)
         model.load_state_dict(saved["state"])
@@ -544,7 +572,7 @@ def prune_and_reset(model: nn.Module, masks: Masks, theta0: dict[str, torch.Tens
 def dense_phase(spec: RunSpec, data: Data, dev: torch.device, results_dir: Path, hp: HParams, progress: bool,
                 say: Callable) -> tuple[dict, dict, list[dict]]:
     """Theta0, the weights after phase 0 and its history: loaded when another arm already trained it."""
-    path = results_dir / "checkpoints" / "phase0" / f"{spec.phase0_name}.pt"
+    path = phase0_path(results_dir, spec)
     if path.exists():
         saved = torch.load(path, map_location=dev)
         if saved["data"] == data.source and saved["hparams"] == asdict(hp):

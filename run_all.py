@@ -80,21 +80,21 @@ def output_path(results: Path, notebook: str, params: dict) -> Path:
 def status(results: Path, spec: H.RunSpec | None) -> str:
     if spec is None:
         return "summary"
-    if (results / "runs" / spec.experiment / f"{spec.name}.json").exists():
+    if H.record_path(results, spec).exists():
         return "done"
-    return "partial" if (results / "checkpoints" / f"{spec.name}.pt").exists() else "to do"
+    return "partial" if H.checkpoint_path(results, spec).exists() else "to do"
 
 
 def epochs_left(results: Path, todo: list[H.RunSpec]) -> int:
     """Epochs still to train, counting each shared phase 0 once."""
     phase0 = {s.phase0_name: s.epochs for s in todo
-              if not (results / "checkpoints" / "phase0" / f"{s.phase0_name}.pt").exists()}
+              if not H.phase0_path(results, s).exists()}
     return sum(phase0.values()) + sum((s.rounds - rounds_done(results, s)) * s.epochs for s in todo)
 
 
 def rounds_done(results: Path, spec: H.RunSpec) -> int:
     """Rounds an interrupted run has finished (its checkpoint), 0 for a run not started."""
-    ckpt = results / "checkpoints" / f"{spec.name}.pt"
+    ckpt = H.checkpoint_path(results, spec)
     return torch.load(ckpt, map_location="cpu")["history"][-1]["round"] if ckpt.exists() else 0
 
 
@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     for i, (notebook, params, spec) in enumerate(plan, 1):
         out = output_path(results, notebook, params)
         if spec and args.force:
-            (results / "runs" / spec.experiment / f"{spec.name}.json").unlink(missing_ok=True)
-            (results / "checkpoints" / f"{spec.name}.pt").unlink(missing_ok=True)
+            H.record_path(results, spec).unlink(missing_ok=True)
+            H.checkpoint_path(results, spec).unlink(missing_ok=True)
         if spec and status(results, spec) == "done" and out.exists():
             continue
         todo = [s for _, _, s in plan[i - 1:] if s and status(results, s) != "done"]

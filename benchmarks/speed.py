@@ -3,13 +3,14 @@
     python benchmarks/speed.py                 # project vs reference, alternating, 3 repeats, on CUDA if present
     python benchmarks/speed.py --switches      # also what each switch of the fast path buys, one at a time
     python benchmarks/speed.py --device cpu --images 10240 --repeats 5
+    python benchmarks/speed.py --accuracy 5    # both paths trained 5 epochs on CIFAR-10: the fast path's accuracy
 
 One measurement = one epoch over `--images` training images plus validation over a fifth as many test images,
 which is what an epoch of the notebooks does. Each measurement runs in its own subprocess (after one warm-up epoch)
 so that its peak memory is its own; the variants alternate (a, b, a, b, ...) and the medians are compared.
 
 (a) project: `helpers.train` as the notebooks call it: uint8 data resident on the device, crop + flip as one
-    batched gather, bf16 autocast, channels_last, no host sync inside the epoch.
+    batched gather, bf16 autocast, channels_last, no host sync inside the epoch; on the CPU glibc keeps freed memory.
 (b) reference: `torchvision.datasets.CIFAR10` with Compose([RandomCrop(32, padding=4), RandomHorizontalFlip(),
     ToTensor(), Normalize]) per image through PIL, a DataLoader (shuffle, 2 workers), float32, default memory
     format, `loss.item()` every step; the same CNN, optimiser, schedule, batch size and number of images.
@@ -33,16 +34,17 @@ import torch.nn.functional as F  # noqa: E402
 
 import helpers as H  # noqa: E402
 
-VARIANTS = {  # name -> (path, HParams overrides, torch.compile)
-    "reference": ("reference", {}, False),
-    "project": ("project", {}, False),
+VARIANTS = {  # name -> (path, HParams overrides, torch.compile, glibc keeps freed memory)
+    "reference": ("reference", {}, False, False),
+    "project": ("project", {}, False, True),
 }
 SWITCHES = {  # the fast path's switches, added one at a time from the reference's float32, NCHW, batch 512
-    "tensor data path, fp32, NCHW": ("project", dict(bf16=False, channels_last=False), False),
-    "+ channels_last, fp32": ("project", dict(bf16=False), False),
-    "+ bf16 autocast (= project)": ("project", {}, False),
-    "project at batch 128": ("project", dict(batch_size=128), False),
-    "project + torch.compile": ("project", {}, True),
+    "tensor data path, fp32, NCHW": ("project", dict(bf16=False, channels_last=False), False, False),
+    "+ channels_last, fp32": ("project", dict(bf16=False), False, False),
+    "+ bf16 autocast": ("project", {}, False, False),
+    "+ glibc keeps freed memory (= project)": ("project", {}, False, True),
+    "project at batch 128": ("project", dict(batch_size=128), False, True),
+    "project + torch.compile": ("project", {}, True, True),
 }
 
 
@@ -57,8 +59,10 @@ def load(args) -> H.Data:
     return data.subset(args.images, args.images // 5)
 
 
-def reference_epoch(model: torch.nn.Module, data: H.Data, hp: H.HParams, dev: torch.device) -> None:
-    """The tutorial loop: per-image PIL transforms in DataLoader workers, float32, a host sync every step."""
+def reference_train(model: torch.nn.Module, data: H.Data, hp: H.HParams, dev: torch.device, epochs: int = 1) -> float:
+    """The tutorial loop: per-image PIL transforms in DataLoader workers, float32, a host sync every step.
+
+    Returns the validation accuracy after `epochs` epochs (one warm-up, linear-decay schedule, as in helpers.train)."""
     import torchvision  # only this path pays for it (170 MB of resident memory)
     import torchvision.transforms as T
 
@@ -76,28 +80,32 @@ def reference_epoch(model: torch.nn.Module, data: H.Data, hp: H.HParams, dev: to
     loader = torch.utils.data.DataLoader(train_set, batch_size=hp.batch_size, shuffle=True, num_workers=2, drop_last=True)
     opt = torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=hp.momentum, nesterov=True,
                           weight_decay=hp.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, H.warmup_then_decay(len(loader), hp.warmup))
-    model.train()
-    running_loss = 0.0
-    for x, y in loader:
-        x, y = x.to(dev), y.to(dev)
-        loss = F.cross_entropy(model(x), y, label_smoothing=hp.label_smoothing)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        running_loss += loss.item()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, H.warmup_then_decay(epochs * len(loader), hp.warmup))
+    for _ in range(epochs):
+        model.train()
+        running_loss = 0.0
+        for x, y in loader:
+            x, y = x.to(dev), y.to(dev)
+            loss = F.cross_entropy(model(x), y, label_smoothing=hp.label_smoothing)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            running_loss += loss.item()
     model.eval()
     correct = 0
     with torch.no_grad():
         for x, y in torch.utils.data.DataLoader(test_set, batch_size=1000, num_workers=2):
             correct += (model(x.to(dev)).argmax(1) == y.to(dev)).sum().item()
+    return correct / len(test_set)
 
 
 def measure(args) -> dict:
     """One variant in this process: a warm-up epoch, then the timed one; images per second and peak memory."""
-    path, overrides, compile_ = (VARIANTS | SWITCHES)[args.worker]
+    path, overrides, compile_, keep_freed_memory = (VARIANTS | SWITCHES)[args.worker]
     dev = H.resolve_device(args.device)
+    if not keep_freed_memory:  # switched off: glibc's default thresholds (a no-op on CUDA)
+        H.keep_freed_memory = lambda: None
     data = load(args)
     hp = H.HParams(**{"batch_size": args.batch_size, **overrides})
     torch.manual_seed(0)
@@ -106,9 +114,13 @@ def measure(args) -> dict:
         model = torch.compile(model)
     if path == "project":
         data = data.to(dev)
-        epoch = lambda: H.train(model, data, 1, device=dev, hp=hp, progress=False)
+        run = lambda epochs: H.train(model, data, epochs, device=dev, hp=hp, progress=False)[-1]["val_acc"]
     else:
-        epoch = lambda: reference_epoch(model, data, hp, dev)
+        run = lambda epochs: reference_train(model, data, hp, dev, epochs)
+    if args.accuracy:
+        start = time.perf_counter()
+        return {"val_acc": run(args.accuracy), "seconds": time.perf_counter() - start, "data": data.source["description"]}
+    epoch = lambda: run(1)
     epoch()  # warm-up: kernel selection, worker start-up, compilation
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -124,42 +136,62 @@ def measure(args) -> dict:
             "data": data.source["description"]}
 
 
+def worker(variant: str, dev: torch.device) -> dict:
+    """Measure one variant in a fresh process (its peak memory is its own); the arguments are this script's."""
+    forward = [a for a in sys.argv[1:] if a != "--switches"]
+    out = subprocess.run([sys.executable, __file__, *forward, "--device", str(dev), "--worker", variant],
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{variant}: failed\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
-    p.add_argument("--images", type=int, default=10_240, help="training images per measured epoch (default 10240)")
+    p.add_argument("--images", type=int, help="training images per epoch (default 10240; all 50000 with --accuracy)")
     p.add_argument("--batch-size", type=int, default=H.HParams.batch_size)
     p.add_argument("--repeats", type=int, default=3, help="measurements of each variant (default 3)")
     p.add_argument("--switches", action="store_true", help="also measure each switch of the fast path on its own")
+    p.add_argument("--accuracy", type=int, metavar="EPOCHS",
+                   help="instead of speed: train each path for EPOCHS epochs and compare validation accuracy")
     p.add_argument("--data-dir", help="CIFAR-10 folder or .npz (default: $CIFAR10_DATA, else ./data, else random)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.images = args.images or (50_000 if args.accuracy else 10_240)
     if args.worker:
         print(json.dumps(measure(args)))
         return 0
-    for name, value in (("--images", args.images), ("--repeats", args.repeats), ("--batch-size", args.batch_size)):
+    for name, value in (("--images", args.images), ("--repeats", args.repeats), ("--batch-size", args.batch_size),
+                        ("--accuracy", args.accuracy or 1)):
         if value < 1:
             p.error(f"{name} {value}: must be at least 1")
     if args.images < args.batch_size:
         p.error(f"--images {args.images} is fewer than one batch of {args.batch_size}")
     try:
         dev = H.resolve_device(args.device)
+        if args.accuracy:
+            H.load_cifar10(args.data_dir, download=False)
+    except H.DataError as e:
+        p.error(f"--accuracy needs CIFAR-10, not random images: {e}")
     except ValueError as e:
         p.error(str(e))
-    variants = list(VARIANTS) + (list(SWITCHES) if args.switches else [])
     print(f"device: {H.describe_device(dev)}; versions: {H.versions()}")
+    try:
+        return compare_accuracy(args, dev) if args.accuracy else compare_speed(args, dev)
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 1
+
+
+def compare_speed(args, dev: torch.device) -> int:
+    variants = list(VARIANTS) + (list(SWITCHES) if args.switches else [])
     print(f"settings: {args.images} training + {args.images // 5} test images an epoch, batch {args.batch_size}, "
           f"{args.repeats} repeats, alternating {', '.join(variants)}")
     runs: dict[str, list[dict]] = {v: [] for v in variants}
-    forward = [a for a in sys.argv[1:] if a != "--switches"]
     for rep in range(args.repeats):
         for v in variants:
-            out = subprocess.run([sys.executable, __file__, *forward, "--device", str(dev), "--worker", v],
-                                 capture_output=True, text=True)
-            if out.returncode:
-                print(f"{v}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
-                return 1
-            runs[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs[v].append(worker(v, dev))
             print(f"  repeat {rep + 1} {v}: {runs[v][-1]['images_per_s']:.0f} img/s", flush=True)
     print(f"data: {runs[variants[0]][0]['data']}")
     ref = statistics.median(r["images_per_s"] for r in runs["reference"])
@@ -167,6 +199,17 @@ def main() -> int:
     for v, rs in runs.items():
         speed = statistics.median(r["images_per_s"] for r in rs)
         print(f"| {v} | {speed:.0f} | {speed / ref:.2f}x | {max(r['peak_mib'] for r in rs):.0f} |")
+    return 0
+
+
+def compare_accuracy(args, dev: torch.device) -> int:
+    print(f"settings: {args.accuracy} epochs on {args.images} training images, validation on {args.images // 5}, "
+          f"batch {args.batch_size}, the same initial weights (seed 0)")
+    runs = {v: worker(v, dev) for v in VARIANTS}
+    print(f"data: {runs['reference']['data']}")
+    print(f"\n| path | val acc after {args.accuracy} epochs | seconds |\n| --- | --- | --- |")
+    for v, r in runs.items():
+        print(f"| {v} | {100 * r['val_acc']:.2f}% | {r['seconds']:.0f} |")
     return 0
 
 

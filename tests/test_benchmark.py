@@ -18,3 +18,19 @@ def test_speed_benchmark_rejects_bad_options():
     out = subprocess.run([sys.executable, str(H.ROOT / "benchmarks" / "speed.py"), "--images", "100"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "--images 100 is fewer than one batch of 512" in out.stderr
+
+
+def test_accuracy_mode_trains_both_paths_on_the_same_data(fake_npz):
+    out = subprocess.run([sys.executable, str(H.ROOT / "benchmarks" / "speed.py"), "--device", "cpu", "--accuracy", "1",
+                          "--images", "256", "--batch-size", "128", "--data-dir", str(fake_npz)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.startswith("| ") and "%" in line]
+    assert [r[1].strip() for r in rows] == ["reference", "project"]
+    assert all(0 <= float(r[2].strip().rstrip("%")) <= 100 for r in rows)
+
+
+def test_accuracy_mode_refuses_random_images(tmp_path):
+    out = subprocess.run([sys.executable, str(H.ROOT / "benchmarks" / "speed.py"), "--accuracy", "1",
+                          "--data-dir", str(tmp_path / "none.npz")], capture_output=True, text=True)
+    assert out.returncode == 2 and "--accuracy needs CIFAR-10, not random images" in out.stderr

@@ -31,9 +31,9 @@ def test_a_tiny_run_ends_exactly_at_p(experiment, data, tmp_path):
     assert [e["cum_epoch"] for e in record["history"]] == [1, 2, 3, 4]
     assert np.allclose([e["sparsity"] for e in record["history"][1:]], H.round_sparsities(0.5, 3), atol=1e-4)
     assert record["params"]["strategy"] == H.EXPERIMENTS[experiment]["strategy"]
-    saved = json.loads((tmp_path / "runs" / experiment / f"{spec.name}.json").read_text())
+    saved = json.loads(H.record_path(tmp_path, spec).read_text())
     assert saved == record and {"device", "versions", "data", "seconds", "final_val_acc"} <= set(saved)
-    assert not (tmp_path / "checkpoints" / f"{spec.name}.pt").exists()  # a finished run leaves no checkpoint
+    assert not H.checkpoint_path(tmp_path, spec).exists()  # a finished run leaves no checkpoint
 
 
 def test_a_round_rewinds_or_reinitialises_the_survivors():
@@ -85,7 +85,7 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(data, tmp_path, m
     monkeypatch.setattr(H, "train", dies_in_round_2)
     with pytest.raises(KeyboardInterrupt):
         run(spec, data, tmp_path / "resumed")
-    assert (tmp_path / "resumed" / "checkpoints" / f"{spec.name}.pt").exists()
+    assert H.checkpoint_path(tmp_path / "resumed", spec).exists()
     monkeypatch.setattr(H, "train", train)
     resumed = run(spec, data, tmp_path / "resumed")
     assert without_seconds(resumed["history"]) == without_seconds(whole["history"])
@@ -97,7 +97,7 @@ def test_reading_compares_with_the_dense_baseline_and_the_other_arms(tmp_path):
         history = [{"round": 0, "val_acc": 0.75}] + [{"round": 1, "val_acc": acc}] * (spec.rounds > 0)
         r = {"experiment": experiment, "name": spec.name, "params": vars(spec), "final_val_acc": acc,
              "final_sparsity": spec.sparsity, "history": history}
-        H.write_json(tmp_path / "runs" / experiment / f"{spec.name}.json", r)
+        H.write_json(H.record_path(tmp_path, spec), r)
         return r
     record("baseline", 0.85)
     record("baseline", 0.80, batchnorm=False)  # another model: not its baseline
