@@ -5,7 +5,6 @@ Every notebook in notebooks/ is a few calls into this file.
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import math
@@ -350,25 +349,12 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
-def keep_freed_memory() -> None:
-    """CPU: glibc returns every freed block over 32 MiB (a batch's activations) to the OS and page-faults it back,
-    zeroed, at the next step; raising its mmap and trim thresholds keeps such blocks in the heap for reuse."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return  # not glibc: nothing to tune
-    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: blocks up to 1 GiB come from the heap
-    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of free heap instead of trimming it
-
-
 def train(model: nn.Module, data: Data, epochs: int, masks: Masks | None = None, seed: int = 0,
           device: str | torch.device | None = None, hp: HParams = HParams(), desc: str = "train",
           progress: bool = True) -> list[dict]:
     """Train with a fresh optimiser and schedule; pruned weights stay exactly zero. One dict per epoch."""
     check_positive("epochs", epochs)
     dev = resolve_device(device)
-    if dev.type == "cpu":
-        keep_freed_memory()
     if data.x_train.device != dev:
         data = data.to(dev)
     model.to(dev, memory_format=torch.channels_last if hp.channels_last else torch.contiguous_format)

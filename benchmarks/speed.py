@@ -10,7 +10,7 @@ which is what an epoch of the notebooks does. Each measurement runs in its own s
 so that its peak memory is its own; the variants alternate (a, b, a, b, ...) and the medians are compared.
 
 (a) project: `helpers.train` as the notebooks call it: uint8 data resident on the device, crop + flip as one
-    batched gather, bf16 autocast, channels_last, no host sync inside the epoch; on the CPU glibc keeps freed memory.
+    batched gather, bf16 autocast, channels_last, no host sync inside the epoch.
 (b) reference: `torchvision.datasets.CIFAR10` with Compose([RandomCrop(32, padding=4), RandomHorizontalFlip(),
     ToTensor(), Normalize]) per image through PIL, a DataLoader (shuffle, 2 workers), float32, default memory
     format, `loss.item()` every step; the same CNN, optimiser, schedule, batch size and number of images.
@@ -34,17 +34,16 @@ import torch.nn.functional as F  # noqa: E402
 
 import helpers as H  # noqa: E402
 
-VARIANTS = {  # name -> (path, HParams overrides, torch.compile, glibc keeps freed memory)
-    "reference": ("reference", {}, False, False),
-    "project": ("project", {}, False, True),
+VARIANTS = {  # name -> (path, HParams overrides, torch.compile)
+    "reference": ("reference", {}, False),
+    "project": ("project", {}, False),
 }
 SWITCHES = {  # the fast path's switches, added one at a time from the reference's float32, NCHW, batch 512
-    "tensor data path, fp32, NCHW": ("project", dict(bf16=False, channels_last=False), False, False),
-    "+ channels_last, fp32": ("project", dict(bf16=False), False, False),
-    "+ bf16 autocast": ("project", {}, False, False),
-    "+ glibc keeps freed memory (= project)": ("project", {}, False, True),
-    "project at batch 128": ("project", dict(batch_size=128), False, True),
-    "project + torch.compile": ("project", {}, True, True),
+    "tensor data path, fp32, NCHW": ("project", dict(bf16=False, channels_last=False), False),
+    "+ channels_last, fp32": ("project", dict(bf16=False), False),
+    "+ bf16 autocast (= project)": ("project", {}, False),
+    "project at batch 128": ("project", dict(batch_size=128), False),
+    "project + torch.compile": ("project", {}, True),
 }
 
 
@@ -102,10 +101,8 @@ def reference_train(model: torch.nn.Module, data: H.Data, hp: H.HParams, dev: to
 
 def measure(args) -> dict:
     """One variant in this process: a warm-up epoch, then the timed one; images per second and peak memory."""
-    path, overrides, compile_, keep_freed_memory = (VARIANTS | SWITCHES)[args.worker]
+    path, overrides, compile_ = (VARIANTS | SWITCHES)[args.worker]
     dev = H.resolve_device(args.device)
-    if not keep_freed_memory:  # switched off: glibc's default thresholds (a no-op on CUDA)
-        H.keep_freed_memory = lambda: None
     data = load(args)
     hp = H.HParams(**{"batch_size": args.batch_size, **overrides})
     torch.manual_seed(0)
