@@ -555,7 +555,7 @@ def prune_and_reset(model: nn.Module, masks: Masks, theta0: dict[str, torch.Tens
     return masks
 
 
-def dense_phase(spec: RunSpec, data: Data, dev: torch.device, results_dir: Path, hp: HParams, progress: bool,
+def dense_phase(spec: RunSpec, data: Data, dev: torch.device, results_dir: Path | str, hp: HParams, progress: bool,
                 say: Callable) -> tuple[dict, dict, list[dict]]:
     """Theta0, the weights after phase 0 and its history: loaded when another arm already trained it."""
     path = phase0_path(results_dir, spec)
