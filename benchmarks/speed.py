@@ -10,7 +10,7 @@ which is what an epoch of the notebooks does. Each measurement runs in its own s
 so that its peak memory is its own; the variants alternate (a, b, a, b, ...) and the medians are compared.
 
 (a) project: `helpers.train` as the notebooks call it: uint8 data resident on the device, crop + flip as one
-    batched gather, bf16 autocast, channels_last, no host sync inside the epoch.
+    batched gather, bf16 autocast, channels_last, no host sync inside the epoch; on the CPU glibc keeps freed memory.
 (b) reference: `torchvision.datasets.CIFAR10` with Compose([RandomCrop(32, padding=4), RandomHorizontalFlip(),
     ToTensor(), Normalize]) per image through PIL, a DataLoader (shuffle, 2 workers), float32, default memory
     format, `loss.item()` every step; the same CNN, optimiser, schedule, batch size and number of images.
@@ -34,16 +34,18 @@ import torch.nn.functional as F  # noqa: E402
 
 import helpers as H  # noqa: E402
 
-VARIANTS = {  # name -> (path, HParams overrides, torch.compile)
-    "reference": ("reference", {}, False),
-    "project": ("project", {}, False),
+VARIANTS = {  # name -> (path, HParams overrides, torch.compile, glibc keeps freed memory)
+    "reference": ("reference", {}, False, False),
+    "project": ("project", {}, False, True),
 }
 SWITCHES = {  # the fast path's switches, added one at a time from the reference's float32, NCHW, batch 512
-    "tensor data path, fp32, NCHW": ("project", dict(bf16=False, channels_last=False), False),
-    "+ channels_last, fp32": ("project", dict(bf16=False), False),
-    "+ bf16 autocast (= project)": ("project", {}, False),
-    "project at batch 128": ("project", dict(batch_size=128), False),
-    "project + torch.compile": ("project", {}, True),
+    "tensor data path, fp32, NCHW": ("project", dict(bf16=False, channels_last=False), False, False),
+    "+ channels_last, fp32": ("project", dict(bf16=False), False, False),
+    "+ bf16 autocast": ("project", {}, False, False),
+    "+ glibc keeps freed memory (= project)": ("project", {}, False, True),
+    "project at batch 128": ("project", dict(batch_size=128), False, True),
+    "project + torch.compile": ("project", {}, True, True),
+    "reference + glibc keeps freed memory": ("reference", {}, False, True),
 }
 
 
@@ -101,8 +103,12 @@ def reference_train(model: torch.nn.Module, data: H.Data, hp: H.HParams, dev: to
 
 def measure(args) -> dict:
     """One variant in this process: a warm-up epoch, then the timed one; images per second and peak memory."""
-    path, overrides, compile_ = (VARIANTS | SWITCHES)[args.worker]
+    path, overrides, compile_, keep_freed_memory = (VARIANTS | SWITCHES)[args.worker]
     dev = H.resolve_device(args.device)
+    if not keep_freed_memory:  # glibc's default thresholds; helpers.train would raise them on the CPU
+        H.keep_freed_memory = lambda: None
+    elif dev.type == "cpu" and path == "reference":
+        H.keep_freed_memory()
     data = load(args)
     hp = H.HParams(**{"batch_size": args.batch_size, **overrides})
     torch.manual_seed(0)
@@ -127,8 +133,10 @@ def measure(args) -> dict:
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else  # ru_maxrss is in KiB on Linux
-            (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024)
+    # CPU: this process's own high-water mark (KiB on Linux). Children are left out: a forked child's RSS counts the
+    # pages it shares with this process (the reference's DataLoader workers, the `ldconfig -p` that importing torch runs).
+    peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda" else
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
     return {"images_per_s": args.images // hp.batch_size * hp.batch_size / seconds, "peak_mib": peak,
             "data": data.source["description"]}
 
@@ -192,7 +200,8 @@ def compare_speed(args, dev: torch.device) -> int:
             print(f"  repeat {rep + 1} {v}: {runs[v][-1]['images_per_s']:.0f} img/s", flush=True)
     print(f"data: {runs[variants[0]][0]['data']}")
     ref = statistics.median(r["images_per_s"] for r in runs["reference"])
-    print(f"\n| path | images/s (median of {args.repeats}) | vs reference | peak memory (MiB) |\n| --- | --- | --- | --- |")
+    memory = "peak GPU memory" if dev.type == "cuda" else "peak RSS, main process"
+    print(f"\n| path | images/s (median of {args.repeats}) | vs reference | {memory} (MiB) |\n| --- | --- | --- | --- |")
     for v, rs in runs.items():
         speed = statistics.median(r["images_per_s"] for r in rs)
         print(f"| {v} | {speed:.0f} | {speed / ref:.2f}x | {max(r['peak_mib'] for r in rs):.0f} |")

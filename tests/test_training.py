@@ -1,8 +1,12 @@
+import platform
+import resource
+
+import numpy as np
 import pytest
 import torch
 
 import helpers as H
-from conftest import FAST
+from conftest import FAST, fake_arrays
 
 
 def net(seed: int = 0, **kw) -> H.CNN:
@@ -84,3 +88,14 @@ def test_bad_training_parameters(data):
             H.train(net(), data, 1, device="cuda", progress=False)
     with pytest.raises(ValueError, match="batch_size=512 is larger than the 256 training images"):
         H.train(net(), data, 1, progress=False)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the tuning is glibc's mallopt")
+def test_cpu_epochs_reuse_freed_activations_instead_of_faulting_them_in(tmp_path):
+    np.savez(tmp_path / "cifar10.npz", **fake_arrays(n_train=1024, n_test=16))
+    big, model = H.load_cifar10(tmp_path), net()
+    faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    H.train(model, big, 2, device="cpu", progress=False)  # batches of 512: 32 MiB blocks, which glibc would unmap
+    before = faults()
+    H.train(model, big, 1, device="cpu", progress=False)
+    assert faults() - before < 2000  # glibc's defaults fault in some 16,000 pages an epoch here
