@@ -5,6 +5,7 @@ Every notebook in notebooks/ is a few calls into this file.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -12,7 +13,9 @@ import json
 import math
 import os
 import platform
+import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -25,6 +28,29 @@ from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
+
+
+# ----------------------------------------------------------------------------- checks (used by every section below)
+
+def check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r}: must be a whole number >= 1.")
+
+
+def check_fraction(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}={value!r}: must be a number in [0, 1), e.g. 0.5 for half the weights pruned.")
+
+
+def check_number(name: str, value, low: float, low_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < low or (low_open and value == low):
+        raise ValueError(f"{name}={value!r}: must be a finite number {'>' if low_open else '>='} {low}.")
+
+
+def check_choice(name: str, value, allowed: Iterable) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}: must be one of {', '.join(map(repr, allowed))}.")
 
 
 # ----------------------------------------------------------------------------- data
@@ -66,14 +92,17 @@ class Data:
 def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = True) -> Data:
     """CIFAR-10's official 50,000/10,000 split from torchvision, a `cifar-10-batches-py` folder or a `.npz` file.
 
-    `data_dir` defaults to $CIFAR10_DATA, else ./data. A folder holding `cifar10.npz` is read as that file.
+    `data_dir` defaults to $CIFAR10_DATA, else ./data. torchvision downloads into ./data or into a named folder that
+    exists, never into one it would have to create (a typo creates nothing). A folder holding `cifar10.npz` is read
+    as that file.
     """
-    path = Path(data_dir or os.environ.get("CIFAR10_DATA") or "data").expanduser()
+    named = data_dir or os.environ.get("CIFAR10_DATA")
+    path = Path(named or "data").expanduser()
     if path.is_dir() and (path / "cifar10.npz").is_file() and not (path / "cifar-10-batches-py").is_dir():
         path = path / "cifar10.npz"
     if path.suffix == ".npz" or path.is_file():
         return _load_npz(path)
-    return _load_torchvision(path, download)
+    return _load_torchvision(path, download and (not named or path.is_dir()))
 
 
 def _load_npz(path: Path) -> Data:
@@ -92,12 +121,12 @@ def _load_npz(path: Path) -> Data:
         raise DataError(f"{path} lacks the array(s) {missing}; a CIFAR-10 .npz needs {', '.join(keys)}.")
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
-            raise DataError(f"{path}: x_{split} is {x.dtype} {x.shape}; expected uint8 (N, 32, 32, 3) images.")
-        if y.shape != (len(x),) or y.min() < 0 or y.max() > 9:
-            raise DataError(f"{path}: y_{split} has shape {y.shape} and values {y.min()}..{y.max()}; "
-                            f"expected {len(x)} labels in 0..9.")
-    source = {"kind": "npz", "path": str(path.resolve()), "sha256": _sha256(path)}
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3) or len(x) == 0:
+            raise DataError(f"{path}: x_{split} is {x.dtype} {x.shape}; expected uint8 (N, 32, 32, 3) images, N > 0.")
+        if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() > 9:
+            raise DataError(f"{path}: y_{split} is {y.dtype} {y.shape} with values {y.min()}..{y.max()}; expected "
+                            f"{len(x)} whole-number labels in 0..9 (fractional labels are not truncated for you).")
+    source = {"kind": "npz", "file": path.name, "sha256": _sha256([path])}
     source["description"] = KNOWN_COPIES.get(source["sha256"], "CIFAR-10 from a local .npz copy")
     return _to_data(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], source)
 
@@ -108,13 +137,13 @@ def _load_torchvision(root: Path, download: bool) -> Data:
     try:
         splits = [torchvision.datasets.CIFAR10(root, train=t, download=download and not local) for t in (True, False)]
     except Exception as e:
-        hint = ("it is not there and download=False" if not download else
-                f"downloading failed ({type(e).__name__}: {e})")
+        hint = ("it is not there" if not download else f"downloading failed ({type(e).__name__}: {e})")
         raise DataError(f"CIFAR-10 not found under {root.resolve()}: {hint}. On an offline machine, point "
                         "data_dir or $CIFAR10_DATA at a folder holding cifar-10-batches-py, or at a cifar10.npz "
                         "(x_train, y_train, x_test, y_test).") from None
-    source = {"kind": "folder" if local else "torchvision download", "path": str(root.resolve()),
-              "description": "CIFAR-10, original images via torchvision"}
+    files = sorted(p for p in (root / "cifar-10-batches-py").iterdir() if p.is_file())
+    source = {"kind": "folder" if local else "torchvision download", "file": "cifar-10-batches-py",
+              "sha256": _sha256(files), "description": "CIFAR-10, original images via torchvision"}
     (tr, te) = splits
     return _to_data(tr.data, np.asarray(tr.targets), te.data, np.asarray(te.targets), source)
 
@@ -125,12 +154,19 @@ def _to_data(x_train, y_train, x_test, y_test, source: dict) -> Data:
     return Data(nchw(x_train), label(y_train), nchw(x_test), label(y_test), source)
 
 
-def _sha256(path: Path) -> str:
+def _sha256(paths: list[Path]) -> str:
+    """The data's identity is its content: the same file anywhere (a copy, a symlink) is the same data."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
     return h.hexdigest()
+
+
+def data_identity(source: dict) -> dict:
+    """What of a data source decides the numbers: the content hash and the subset, never the path."""
+    return {"sha256": source.get("sha256"), "subset": source.get("subset")}
 
 
 def normalize(x: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
@@ -296,19 +332,21 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def rewind(model: nn.Module, theta0: dict[str, torch.Tensor], masks: Masks,
-           generator: torch.Generator | None = None) -> None:
+           generator: torch.Generator | None = None, layout: torch.memory_format = torch.contiguous_format) -> None:
     """The lottery-ticket reset: survivors, biases and BatchNorm back to their initial values."""
     model.load_state_dict(theta0)
     apply_masks(model, masks)
 
 
 def reinit(model: nn.Module, theta0: dict[str, torch.Tensor], masks: Masks,
-           generator: torch.Generator | None = None) -> None:
-    """The control: survivors get fresh kaiming_uniform_ values; biases and BatchNorm go back to theta0."""
+           generator: torch.Generator | None = None, layout: torch.memory_format = torch.contiguous_format) -> None:
+    """The control: survivors get fresh kaiming_uniform_ values, drawn in the memory `layout` (conv weights) whatever
+    the model's own; biases and BatchNorm go back to theta0."""
     model.load_state_dict(theta0)
     with torch.no_grad():
         for name, w in prunable_weights(model).items():
-            init_weight(w, generator)
+            fresh = torch.empty_like(w, memory_format=layout if w.dim() == 4 else torch.contiguous_format)
+            w.copy_(init_weight(fresh, generator))
     apply_masks(model, masks)
 
 
@@ -322,6 +360,9 @@ def round_sparsities(sparsity: float, rounds: int) -> list[float]:
 
 # ----------------------------------------------------------------------------- training
 
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # "auto": the fastest that is safe on the device (pick_precision)
+
+
 @dataclass(frozen=True)
 class HParams:
     """Optimisation defaults for every phase, chosen for 85%+ in 25 epochs (see README, "Model")."""
@@ -332,8 +373,27 @@ class HParams:
     momentum: float = 0.9          # Nesterov
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
-    bf16: bool = True              # autocast: AVX-512 BF16 / AMX on recent x86 CPUs, tensor cores on GPUs
+    precision: str = "auto"        # autocast dtype; "auto" is resolved per device before a run starts
     channels_last: bool = True
+
+    def __post_init__(self):
+        check_positive("batch_size", self.batch_size)
+        for name in ("lr", "lr_no_batchnorm"):
+            check_number(name, getattr(self, name), low=0, low_open=True)
+        for name in ("warmup", "momentum", "label_smoothing"):
+            check_fraction(name, getattr(self, name))
+        check_number("weight_decay", self.weight_decay, low=0)
+        check_choice("precision", self.precision, PRECISIONS)
+        if not isinstance(self.channels_last, bool):
+            raise ValueError(f"channels_last={self.channels_last!r}: must be True or False.")
+
+    @classmethod
+    def from_record(cls, saved: dict) -> "HParams":
+        """The HParams a record or checkpoint was made with; those from before `precision` said `bf16: bool`."""
+        saved = dict(saved)
+        if "bf16" in saved:
+            saved["precision"] = "bf16" if saved.pop("bf16") else "fp32"
+        return cls(**saved)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -349,6 +409,81 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but this machine has no CUDA GPU; use 'cpu' or None.")
     return dev
+
+
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}  # fp16 also takes a GradScaler
+PRECISION_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lottery-ticket" / "precision.json"
+
+
+def pick_precision(dev: torch.device) -> str:
+    """What precision "auto" means on `dev`.
+
+    CUDA: bf16 on compute capability 8.0+ (A100, L4, H100: bf16 tensor cores); below that (T4, V100) fp16 with a
+    GradScaler, because `torch.cuda.is_bf16_supported()` also says yes to bf16 emulated many times slower.
+    CPU: whichever of fp32 and bf16 trains faster on this CPU. x86 without AVX-512 has no native bf16 kernels (13x
+    slower, measured); elsewhere no flag predicts it (AVX512-BF16 won on a Zen 4 and lost on a Xeon without AMX),
+    so a short timed probe decides, once per CPU model and torch version.
+    """
+    if dev.type == "cuda":
+        return "bf16" if torch.cuda.get_device_capability(dev)[0] >= 8 else "fp16"
+    if platform.machine().lower() in ("x86_64", "amd64") and not cpu_capability().startswith("AVX512"):
+        return "fp32"
+    key = f"{cpu_model()} | {cpu_capability()} | torch {torch.__version__}"
+    try:
+        cache = json.loads(PRECISION_CACHE.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        speed = {p: probe_speed(p) for p in ("fp32", "bf16")}
+        cache[key] = max(speed, key=speed.get)
+        try:
+            write_json(PRECISION_CACHE, cache)
+        except OSError:
+            pass  # a read-only home: probe again next time
+    return cache[key]
+
+
+def cpu_capability() -> str:
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def cpu_model() -> str:
+    if Path("/proc/cpuinfo").exists():
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def probe_speed(precision: str, batch: int = 256, steps: int = 3) -> float:
+    """Training images a second of this CPU at `precision` (channels_last, random images): the best of `steps`."""
+    torch.manual_seed(0)
+    model = CNN().to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    best = math.inf
+    for _ in range(steps + 1):  # the first step warms up the kernels
+        start = time.perf_counter()
+        with torch.autocast("cpu", AUTOCAST[precision], enabled=AUTOCAST[precision] is not None):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        best = min(best, time.perf_counter() - start) if _ else math.inf
+    return batch / best
+
+
+def resolve_hparams(hp: HParams, dev: torch.device, results_dir: Path | str | None = None) -> HParams:
+    """`hp` with "auto" precision resolved: to the precision the runs already in `results_dir` used (a study resumed
+    on another machine does not mix two), else to what suits `dev`. Explicit precisions are kept."""
+    if hp.precision != "auto":
+        return hp
+    used = {HParams.from_record(r["hparams"]).precision for r in load_records(results_dir)} if results_dir else set()
+    if len(used) > 1:
+        raise ValueError(f"{results_dir} holds runs made with precisions {sorted(used)}: pass precision explicitly "
+                         "(HParams(precision=...), or run_all.py --precision) to say which this run uses.")
+    return replace(hp, precision=used.pop() if used else pick_precision(dev))
 
 
 @functools.cache
@@ -375,11 +510,15 @@ def train(model: nn.Module, data: Data, epochs: int, masks: Masks | None = None,
         data = data.to(dev)
     model.to(dev, memory_format=torch.channels_last if hp.channels_last else torch.contiguous_format)
     masks = {k: m.to(dev) for k, m in masks.items()} if masks else None
+    hp = resolve_hparams(hp, dev)
+    scaler = torch.amp.GradScaler(dev.type, enabled=hp.precision == "fp16")  # fp16 gradients would underflow
     torch.manual_seed(seed)  # dropout
     gen = torch.Generator(dev).manual_seed(seed)  # data order and augmentation
     steps = len(data.x_train) // hp.batch_size
     if steps < 1:
         raise ValueError(f"batch_size={hp.batch_size} is larger than the {len(data.x_train)} training images.")
+    if len(data.x_test) == 0:
+        raise ValueError("the test set is empty: validation needs at least one test image.")
     lr = hp.lr if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else hp.lr_no_batchnorm
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=hp.momentum, nesterov=True,
                           weight_decay=hp.weight_decay)
@@ -395,14 +534,15 @@ def train(model: nn.Module, data: Data, epochs: int, masks: Masks | None = None,
         for step in range(steps):
             idx = order[step * hp.batch_size:(step + 1) * hp.batch_size]
             x = normalize(augment(data.x_train[idx], gen), hp.channels_last)
-            with torch.autocast(dev.type, torch.bfloat16, enabled=hp.bf16):
+            with autocast(dev, hp):
                 loss = F.cross_entropy(model(x), data.y_train[idx], label_smoothing=hp.label_smoothing)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if masks:  # no gradient, hence no momentum, reaches a pruned weight ...
                 for name, w in weights.items():
                     w.grad.mul_(masks[name])
-            opt.step()
+            scaler.step(opt)  # skipped when fp16 gradients overflowed; the masks hold either way
+            scaler.update()
             if masks:  # ... and weight decay of a zero is zero; this re-zeroing makes it a guarantee
                 apply_masks(model, masks)
             sched.step()
@@ -413,6 +553,10 @@ def train(model: nn.Module, data: Data, epochs: int, masks: Masks | None = None,
         bar.set_postfix(val_acc=f"{history[-1]['val_acc']:.3f}")
     bar.close()
     return history
+
+
+def autocast(dev: torch.device, hp: HParams):
+    return torch.autocast(dev.type, AUTOCAST[hp.precision], enabled=AUTOCAST[hp.precision] is not None)
 
 
 def warmup_then_decay(total_steps: int, warmup: float) -> Callable[[int], float]:
@@ -428,7 +572,7 @@ def evaluate(model: nn.Module, data: Data, hp: HParams = HParams(), batch_size: 
     correct = torch.zeros((), device=dev, dtype=torch.long)
     for i in range(0, len(data.x_test), batch_size):
         x = normalize(data.x_test[i:i + batch_size].to(dev), hp.channels_last)
-        with torch.autocast(dev.type, torch.bfloat16, enabled=hp.bf16):
+        with autocast(dev, resolve_hparams(hp, dev)):
             correct += (model(x).argmax(1) == data.y_test[i:i + batch_size].to(dev)).sum()
     model.train()
     return correct.item() / len(data.x_test)
@@ -478,33 +622,52 @@ class RunSpec:
         check_positive("epochs", self.epochs)
         check_fraction("sparsity", self.sparsity)
         check_fraction("dropout", self.dropout)
+        if not isinstance(self.batchnorm, (bool, np.bool_)):  # papermill's `-p batchnorm yes` passes a string
+            raise ValueError(f"batchnorm={self.batchnorm!r}: must be True or False (papermill: -p batchnorm True).")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ValueError(f"seed={self.seed!r}: must be a whole number >= 0.")
-        if self.rounds == 0 and self.sparsity == 0:
-            return  # a dense run: phase 0 only
+        if EXPERIMENTS[self.experiment].get("rounds") == 0:  # a dense experiment: phase 0 only
+            if self.rounds != 0 or self.sparsity != 0:
+                raise ValueError(f"rounds={self.rounds!r}, sparsity={self.sparsity!r}: a {self.experiment!r} run is "
+                                 "dense (rounds=0, sparsity=0); pruned runs are 'lottery', 'random', ...")
+            return
+        if self.rounds == 0:
+            raise ValueError(f"rounds=0: must be a whole number >= 1 for a {self.experiment!r} run; "
+                             "a dense run is the 'baseline' experiment.")
         check_positive("rounds", self.rounds)
         if self.sparsity == 0:
             raise ValueError(f"sparsity=0 with rounds={self.rounds}: a pruned run needs a sparsity in (0, 1); "
-                             "use rounds=0 for a dense run.")
+                             "a dense run is the 'baseline' experiment.")
 
     @property
     def name(self) -> str:
-        model = f"bn{int(self.batchnorm)}_do{self.dropout:g}"
+        model = f"bn{int(self.batchnorm)}_do{exact(self.dropout)}"
         if self.rounds == 0:
             return f"{self.experiment}_{model}_E{self.epochs}_seed{self.seed}"
         scope = "" if self.scope == "layer" else f"_{self.scope}"
-        return (f"{self.experiment}_p{self.sparsity:g}_R{self.rounds}_E{self.epochs}_{self.strategy}_{self.reset}"
-                f"{scope}_{model}_seed{self.seed}")
+        return (f"{self.experiment}_p{exact(self.sparsity)}_R{self.rounds}_E{self.epochs}_{self.strategy}_"
+                f"{self.reset}{scope}_{model}_seed{self.seed}")
 
     @property
     def phase0_name(self) -> str:
         """Phase 0 depends only on the model, the seed and the epochs: every arm that shares them shares it."""
-        return f"bn{int(self.batchnorm)}_do{self.dropout:g}_E{self.epochs}_seed{self.seed}"
+        return f"bn{int(self.batchnorm)}_do{exact(self.dropout)}_E{self.epochs}_seed{self.seed}"
+
+
+def exact(x: float) -> str:
+    """A number as short as it reads back exactly: 0.5 -> '0.5'; two sparsities never share a name."""
+    text = f"{x:g}"
+    return text if float(text) == x else repr(float(x))
 
 
 def record_path(results_dir: Path | str, spec: RunSpec) -> Path:
     """A finished run's record: results/runs/<experiment>/<name>.json."""
     return Path(results_dir) / "runs" / spec.experiment / f"{spec.name}.json"
+
+
+def masks_path(results_dir: Path | str, spec: RunSpec) -> Path:
+    """A finished pruned run's masks after every round, bit-packed, next to its record."""
+    return record_path(results_dir, spec).with_suffix(".masks.npz")
 
 
 def checkpoint_path(results_dir: Path | str, spec: RunSpec) -> Path:
@@ -522,72 +685,187 @@ def phase_seed(seed: int, phase: int) -> int:
     return seed * 1000 + phase
 
 
+# A run's identity is everything that decides its numbers: what is saved is reused only for the same identity.
+
+class ResultMismatch(RuntimeError):
+    """A saved result was made with other settings or data than asked; the message says what differs."""
+
+
+class DamagedFile(RuntimeError):
+    """A saved result cannot be read; the message names the file and what to do."""
+
+
+def run_identity(spec: RunSpec, hp: HParams, source: dict) -> dict:
+    return {"params": asdict(spec), "hparams": asdict(hp), "data": data_identity(source)}
+
+
+def record_identity(record: dict) -> dict:
+    return {"params": record["params"], "hparams": asdict(HParams.from_record(record["hparams"])),
+            "data": data_identity(record["data"])}
+
+
+def phase0_identity(spec: RunSpec, hp: HParams, source: dict) -> dict:
+    model = {k: getattr(spec, k) for k in ("batchnorm", "dropout", "epochs", "seed")}
+    return {"model": model, "hparams": asdict(hp), "data": data_identity(source)}
+
+
+def check_identity(path: Path, saved: dict, asked: dict) -> None:
+    diffs = differences(saved, asked)
+    if diffs:
+        raise ResultMismatch(f"{path} was made with other settings than asked ({'; '.join(diffs)}), so it is not "
+                             "reused. Keep both: pass another results_dir (run_all.py --results-dir) for the new "
+                             "settings; or replace it: force=True (run_all.py --force).")
+
+
+def differences(saved: dict, asked: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(saved) | set(asked)):
+        a, b = saved.get(k), asked.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} saved {a!r}, asked {b!r}")
+    return out
+
+
+def run_lock(results_dir: Path | str, name: str):
+    """One lock per run and per phase 0, across processes: no two writers ever compute the same thing."""
+    from filelock import FileLock  # a dependency of torch
+    path = Path(results_dir) / ".locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path)
+
+
+@contextlib.contextmanager
+def holding(lock, say: Callable, what: str):
+    from filelock import Timeout
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        say(f"{what}: another process is computing it; waiting for it to finish")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def run_experiment(spec: RunSpec, data: Data, device: str | torch.device | None = None,
-                   results_dir: Path | str = RESULTS, hp: HParams = HParams(), progress: bool = True) -> dict:
+                   results_dir: Path | str = RESULTS, hp: HParams = HParams(), progress: bool = True,
+                   force: bool = False) -> dict:
     """Run (or resume, or just load) one run; returns its record, also saved as results/runs/<experiment>/<name>.json.
 
-    A checkpoint after every phase means an interruption loses at most the phase in progress.
+    A checkpoint after every phase means an interruption loses at most the phase in progress. A saved record,
+    checkpoint or phase 0 is reused only when made with the same spec, hparams and data (else ResultMismatch);
+    `force` recomputes the run and replaces its record only once the new one is complete.
     """
-    out = record_path(results_dir, spec)
-    if out.exists():
-        return json.loads(out.read_text())
     dev = resolve_device(device)
-    data = data.to(dev)
+    hp = resolve_hparams(hp, dev, results_dir)
+    asked = run_identity(spec, hp, data.source)
+    out = record_path(results_dir, spec)
     say = print if not progress else tqdm.write
-    theta0, state, history = dense_phase(spec, data, dev, results_dir, hp, progress, say)
-    model = build_model(spec).to(dev)
-    model.load_state_dict(state)
-    masks = dense_masks(model)
-    ckpt = checkpoint_path(results_dir, spec)
-    if ckpt.exists():
-        saved = torch.load(ckpt, map_location=dev)
-        model.load_state_dict(saved["state"])
-        masks, history = saved["masks"], saved["history"]
-        say(f"{spec.name}: resumed after round {history[-1]['round']}")
-    for r in range(history[-1]["round"] + 1, spec.rounds + 1):
-        masks = prune_and_reset(model, masks, theta0, spec, r)
-        epochs = train(model, data, spec.epochs, masks, phase_seed(spec.seed, r), dev, hp,
-                       desc=f"round {r}/{spec.rounds}", progress=progress)
-        history += annotate(epochs, "pruned", r, history[-1]["cum_epoch"], sparsity_report(masks))
-        save_atomic({"state": to_cpu(model.state_dict()), "masks": to_cpu(masks), "history": history}, ckpt)
-        say(f"{spec.name}: round {r}/{spec.rounds} at sparsity {history[-1]['sparsity']:.3f}: "
-            f"val_acc {history[-1]['val_acc']:.4f}")
-    record = {"experiment": spec.experiment, "name": spec.name, "params": asdict(spec), "hparams": asdict(hp),
-              "history": history, "final_val_acc": history[-1]["val_acc"],
-              "final_sparsity": sparsity_report(masks)["overall"],
-              "seconds": sum(e["seconds"] for e in history), "device": describe_device(dev),
-              "versions": versions(), "data": data.source}
-    write_json(out, record)
-    ckpt.unlink(missing_ok=True)
+    with holding(run_lock(results_dir, spec.name), say, spec.name):
+        if out.exists() and not force:
+            record = read_record(out)
+            check_identity(out, record_identity(record), asked)
+            return record
+        data = data.to(dev)
+        theta0, state, history = dense_phase(spec, data, dev, results_dir, hp, progress, say, force)
+        model = build_model(spec).to(dev)
+        model.load_state_dict(state)
+        masks, round_masks = dense_masks(model), {}
+        ckpt = checkpoint_path(results_dir, spec)
+        saved = read_pt(ckpt, say, "the run restarts after its phase 0") if ckpt.exists() else None
+        if saved is not None and (not force or saved.get("identity") == asked):
+            check_identity(ckpt, saved.get("identity", {}), asked)
+            model.load_state_dict(saved["state"])
+            masks, history, round_masks = saved["masks"], saved["history"], saved["round_masks"]
+            say(f"{spec.name}: resumed after round {history[-1]['round']}")
+        for r in range(history[-1]["round"] + 1, spec.rounds + 1):
+            masks = prune_and_reset(model, masks, theta0, spec, r, hp)
+            round_masks[r] = pack_masks(masks)
+            epochs = train(model, data, spec.epochs, masks, phase_seed(spec.seed, r), dev, hp,
+                           desc=f"round {r}/{spec.rounds}", progress=progress)
+            history += annotate(epochs, "pruned", r, history[-1]["cum_epoch"], sparsity_report(masks))
+            save_atomic({"identity": asked, "state": to_cpu(model.state_dict()), "masks": to_cpu(masks),
+                         "history": history, "round_masks": round_masks}, ckpt)
+            say(f"{spec.name}: round {r}/{spec.rounds} at sparsity {history[-1]['sparsity']:.3f}: "
+                f"val_acc {history[-1]['val_acc']:.4f}")
+        record = {"experiment": spec.experiment, "name": spec.name, "params": asdict(spec), "hparams": asdict(hp),
+                  "history": history, "final_val_acc": history[-1]["val_acc"],
+                  "final_sparsity": sparsity_report(masks)["overall"],
+                  "seconds": sum(e["seconds"] for e in history), "device": describe_device(dev),
+                  "versions": versions(), "data": data.source}
+        if round_masks:  # written before the record: a record on disk means its masks are there too
+            atomic_write(masks_path(results_dir, spec), lambda f: np.savez(f, **round_masks_arrays(round_masks)))
+        write_json(out, record)
+        ckpt.unlink(missing_ok=True)
     return record
 
 
-def prune_and_reset(model: nn.Module, masks: Masks, theta0: dict[str, torch.Tensor], spec: RunSpec, r: int) -> Masks:
+def prune_and_reset(model: nn.Module, masks: Masks, theta0: dict[str, torch.Tensor], spec: RunSpec, r: int,
+                    hp: HParams = HParams()) -> Masks:
     """Round r's pruning to the schedule's sparsity, then the reset of the survivors; returns the new masks."""
     dev = next(model.parameters()).device
     gen = torch.Generator(dev).manual_seed(phase_seed(spec.seed, r))
     masks = prune(model, masks, round_sparsities(spec.sparsity, spec.rounds)[r - 1], spec.strategy, spec.scope, gen)
-    RESETS[spec.reset](model, {k: v.to(dev) for k, v in theta0.items()}, masks, gen)
+    # Re-init draws fill memory in order, so their layout is fixed by the round, never by how the model happens to
+    # be laid out: round 1 follows phase 0 loaded into a fresh (contiguous) model, later rounds follow training
+    # (channels_last). A resumed run, whose model is rebuilt contiguous, then draws what an uninterrupted one drew.
+    layout = torch.channels_last if hp.channels_last and r > 1 else torch.contiguous_format
+    RESETS[spec.reset](model, {k: v.to(dev) for k, v in theta0.items()}, masks, gen, layout)
     return masks
 
 
 def dense_phase(spec: RunSpec, data: Data, dev: torch.device, results_dir: Path | str, hp: HParams, progress: bool,
-                say: Callable) -> tuple[dict, dict, list[dict]]:
+                say: Callable, force: bool = False) -> tuple[dict, dict, list[dict]]:
     """Theta0, the weights after phase 0 and its history: loaded when another arm already trained it."""
     path = phase0_path(results_dir, spec)
-    if path.exists():
-        saved = torch.load(path, map_location=dev)
-        if saved["data"] == data.source and saved["hparams"] == asdict(hp):
-            say(f"{spec.name}: phase 0 loaded from {path.name}")
-            return saved["theta0"], saved["state"], saved["history"]
-    model = build_model(spec).to(dev)
-    theta0 = snapshot(model)
-    epochs = train(model, data, spec.epochs, None, phase_seed(spec.seed, 0), dev, hp, desc="dense", progress=progress)
-    history = annotate(epochs, "dense", 0, 0, sparsity_report(dense_masks(model)))
-    save_atomic({"theta0": to_cpu(theta0), "state": to_cpu(model.state_dict()), "history": history,
-                 "data": data.source, "hparams": asdict(hp)}, path)
+    asked = phase0_identity(spec, hp, data.source)
+    with holding(run_lock(results_dir, f"phase0-{spec.phase0_name}"), say, f"phase 0 {spec.phase0_name}"):
+        saved = read_pt(path, say, "phase 0 is trained again") if path.exists() else None
+        if saved is not None:
+            known = {"model": asked["model"], "hparams": asdict(HParams.from_record(saved["hparams"])),
+                     "data": data_identity(saved["data"])}  # the model part is in the file's name
+            if known == asked:
+                say(f"{spec.name}: phase 0 loaded from {path.name}")
+                return saved["theta0"], saved["state"], saved["history"]
+            if not force:
+                check_identity(path, known, asked)
+        model = build_model(spec).to(dev)
+        theta0 = snapshot(model)
+        epochs = train(model, data, spec.epochs, None, phase_seed(spec.seed, 0), dev, hp, desc="dense",
+                       progress=progress)
+        history = annotate(epochs, "dense", 0, 0, sparsity_report(dense_masks(model)))
+        save_atomic({"theta0": to_cpu(theta0), "state": to_cpu(model.state_dict()), "history": history,
+                     "data": data.source, "hparams": asdict(hp)}, path)
     say(f"{spec.name}: phase 0 ({spec.epochs} epochs dense): val_acc {history[-1]['val_acc']:.4f}")
     return theta0, model.state_dict(), history
+
+
+def pack_masks(masks: Masks) -> dict[str, np.ndarray]:
+    """Masks as bits: 8 weights a byte, about 58 KB for the whole network."""
+    return {name: np.packbits(m.cpu().numpy().ravel()) for name, m in masks.items()}
+
+
+def round_masks_arrays(round_masks: dict[int, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {f"round{r}/{name}": bits for r, layers in round_masks.items() for name, bits in layers.items()}
+
+
+def load_masks(results_dir: Path | str, spec: RunSpec) -> dict[int, Masks]:
+    """The masks a finished pruned run had in each round, as bool tensors: {round: {parameter name: mask}}."""
+    path = masks_path(results_dir, spec)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: {spec.name} is not finished, or ran before masks were "
+                                "saved (run it again with force=True to save them).")
+    shapes = {name: w.shape for name, w in prunable_weights(build_model(spec)).items()}
+    out: dict[int, Masks] = {}
+    with np.load(path) as f:
+        for key in f.files:
+            r, name = key.split("/", 1)
+            bits = np.unpackbits(f[key], count=math.prod(shapes[name])).astype(bool)
+            out.setdefault(int(r.removeprefix("round")), {})[name] = torch.from_numpy(bits.reshape(shapes[name]))
+    return dict(sorted(out.items()))
 
 
 def build_model(spec: RunSpec) -> CNN:
@@ -608,8 +886,9 @@ def load_data(data_dir: str | None = None, quick: bool = False) -> Data:
 
 
 def results_root(path: str | None = None, quick: bool = False) -> Path:
-    """Where runs are saved: results/, or results_quick/ so that quick runs never mix with real ones."""
-    return Path(path) if path else ROOT / ("results_quick" if quick else "results")
+    """Where runs are saved: results/, or results_quick/ so that quick runs never mix with real ones. A relative
+    path is relative to the repository root, wherever the kernel was started."""
+    return ROOT / path if path else ROOT / ("results_quick" if quick else "results")
 
 
 # ----------------------------------------------------------------------------- results
@@ -618,27 +897,54 @@ def to_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in tensors.items()}
 
 
-def save_atomic(obj, path: Path) -> None:
-    """torch.save through a temporary file, so a killed process never leaves half a checkpoint."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a temporary file unique to this writer, then rename it over `path`: a reader sees the old file or
+    the new one, never half of one; two writers never share a temporary file; a failed write leaves nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save, atomically: a killed process never leaves half a checkpoint."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
+
+
+def read_pt(path: Path, say: Callable, then: str):
+    """A checkpoint, or None when it is damaged: it is then set aside as <name>.damaged and the caller goes on."""
+    try:
+        return torch.load(path, map_location="cpu")
+    except Exception as e:
+        aside = path.with_name(path.name + ".damaged")
+        os.replace(path, aside)
+        say(f"WARNING: {path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}); set aside as "
+            f"{aside.name}, {then}.")
+        return None
+
+
+def read_record(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DamagedFile(f"{path} is damaged ({e}). Restore it (`git checkout -- {path}` if it is committed), or "
+                          "delete it to compute the run again.") from None
 
 
 def describe_device(dev: torch.device) -> str:
     if dev.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(dev)}"
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"cpu: {cpu}, {torch.get_num_threads()} threads"
+    return f"cpu: {cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def versions() -> dict:
@@ -647,8 +953,14 @@ def versions() -> dict:
 
 
 def load_records(results_dir: Path | str = RESULTS, experiment: str | None = None) -> list[dict]:
-    pattern = f"runs/{experiment or '*'}/*.json"
-    return [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(pattern))]
+    """Every finished run's record; a damaged one is named in a warning and left out, so the others still count."""
+    records = []
+    for path in sorted(Path(results_dir).glob(f"runs/{experiment or '*'}/*.json")):
+        try:
+            records.append(read_record(path))
+        except DamagedFile as e:
+            warnings.warn(str(e), stacklevel=2)
+    return records
 
 
 def runs_table(records: list[dict]):
@@ -696,23 +1008,6 @@ def reading(record: dict, results_dir: Path | str = RESULTS) -> str:
                 and same_model(other) and all(other["params"][k] == p[k] for k in ("sparsity", "rounds", "epochs")):
             text += f"; {other['experiment']} at the same sparsity and schedule: {other['final_val_acc']:.2%}"
     return text + "."
-
-
-# ----------------------------------------------------------------------------- checks
-
-def check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}={value!r}: must be a whole number >= 1.")
-
-
-def check_fraction(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}={value!r}: must be a number in [0, 1), e.g. 0.5 for half the weights pruned.")
-
-
-def check_choice(name: str, value, allowed: Iterable) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r}: must be one of {', '.join(map(repr, allowed))}.")
 
 
 # ----------------------------------------------------------------------------- plots

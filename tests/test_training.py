@@ -95,7 +95,12 @@ def test_cpu_epochs_reuse_freed_activations_instead_of_faulting_them_in(tmp_path
     np.savez(tmp_path / "cifar10.npz", **fake_arrays(n_train=1024, n_test=16))
     big, model = H.load_cifar10(tmp_path), net()
     faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    H.train(model, big, 2, device="cpu", progress=False)  # batches of 512: 32 MiB blocks, which glibc would unmap
-    before = faults()
-    H.train(model, big, 1, device="cpu", progress=False)
-    assert faults() - before < 2000  # glibc's defaults fault in some 16,000 pages an epoch here
+    H.train(model, big, 2, device="cpu", progress=False)  # batches of 512: 32-64 MiB blocks, which glibc would unmap
+    counts = []
+    for _ in range(3):
+        before = faults()
+        H.train(model, big, 1, device="cpu", progress=False)
+        counts.append(faults() - before)
+    # glibc's defaults fault in 16,000 (bf16) to 120,000 (fp32) pages an epoch here; tuned, most epochs fault none,
+    # and an occasional one some thousands (oneDNN's per-thread scratch), hence the median
+    assert sorted(counts)[1] < 2000, counts
