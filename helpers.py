@@ -500,8 +500,9 @@ def keep_freed_memory() -> None:
 
 def train(model: nn.Module, data: Data, epochs: int, masks: Masks | None = None, seed: int = 0,
           device: str | torch.device | None = None, hp: HParams = HParams(), desc: str = "train",
-          progress: bool = True) -> list[dict]:
-    """Train with a fresh optimiser and schedule; pruned weights stay exactly zero. One dict per epoch."""
+          progress: bool = True, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train with a fresh optimiser and schedule; pruned weights stay exactly zero. One dict per epoch, also given
+    to `on_epoch` as it ends."""
     check_positive("epochs", epochs)
     dev = resolve_device(device)
     if dev.type == "cpu":
@@ -551,6 +552,8 @@ def train(model: nn.Module, data: Data, epochs: int, masks: Masks | None = None,
         history.append({"epoch": epoch, "train_loss": loss_sum.item() / steps,
                         "val_acc": evaluate(model, data, hp), "seconds": time.perf_counter() - start})
         bar.set_postfix(val_acc=f"{history[-1]['val_acc']:.3f}")
+        if on_epoch:
+            on_epoch(history[-1])
     bar.close()
     return history
 
@@ -769,23 +772,30 @@ def run_experiment(spec: RunSpec, data: Data, device: str | torch.device | None 
             record = read_record(out)
             check_identity(out, record_identity(record), asked)
             return record
+        ckpt = checkpoint_path(results_dir, spec)
+        saved = read_pt(ckpt, say, "the run restarts after its phase 0") if ckpt.exists() else None
+        if saved is not None and force and saved.get("identity") != asked:
+            saved = None  # forced: a checkpoint of other settings is overwritten by the new run's first round
+        if saved is not None:
+            check_identity(ckpt, saved.get("identity", {}), asked)
+        done = saved["history"][-1]["round"] if saved else 0
+        left = spec.epochs * (spec.rounds - done + (not phase0_path(results_dir, spec).exists()))
+        say(f"{spec.name}: {left} epochs to train on {describe_device(dev)}, precision {hp.precision}")
+        eta = first_epoch_eta(left, say)
         data = data.to(dev)
-        theta0, state, history = dense_phase(spec, data, dev, results_dir, hp, progress, say, force)
+        theta0, state, history = dense_phase(spec, data, dev, results_dir, hp, progress, say, force, eta)
         model = build_model(spec).to(dev)
         model.load_state_dict(state)
         masks, round_masks = dense_masks(model), {}
-        ckpt = checkpoint_path(results_dir, spec)
-        saved = read_pt(ckpt, say, "the run restarts after its phase 0") if ckpt.exists() else None
-        if saved is not None and (not force or saved.get("identity") == asked):
-            check_identity(ckpt, saved.get("identity", {}), asked)
+        if saved is not None:
             model.load_state_dict(saved["state"])
             masks, history, round_masks = saved["masks"], saved["history"], saved["round_masks"]
-            say(f"{spec.name}: resumed after round {history[-1]['round']}")
+            say(f"{spec.name}: resumed after round {done}")
         for r in range(history[-1]["round"] + 1, spec.rounds + 1):
             masks = prune_and_reset(model, masks, theta0, spec, r, hp)
             round_masks[r] = pack_masks(masks)
             epochs = train(model, data, spec.epochs, masks, phase_seed(spec.seed, r), dev, hp,
-                           desc=f"round {r}/{spec.rounds}", progress=progress)
+                           desc=f"round {r}/{spec.rounds}", progress=progress, on_epoch=eta)
             history += annotate(epochs, "pruned", r, history[-1]["cum_epoch"], sparsity_report(masks))
             save_atomic({"identity": asked, "state": to_cpu(model.state_dict()), "masks": to_cpu(masks),
                          "history": history, "round_masks": round_masks}, ckpt)
@@ -797,7 +807,7 @@ def run_experiment(spec: RunSpec, data: Data, device: str | torch.device | None 
                   "seconds": sum(e["seconds"] for e in history), "device": describe_device(dev),
                   "versions": versions(), "data": data.source}
         if round_masks:  # written before the record: a record on disk means its masks are there too
-            atomic_write(masks_path(results_dir, spec), lambda f: np.savez(f, **round_masks_arrays(round_masks)))
+            save_masks(masks_path(results_dir, spec), round_masks)
         write_json(out, record)
         ckpt.unlink(missing_ok=True)
     return record
@@ -818,7 +828,7 @@ def prune_and_reset(model: nn.Module, masks: Masks, theta0: dict[str, torch.Tens
 
 
 def dense_phase(spec: RunSpec, data: Data, dev: torch.device, results_dir: Path | str, hp: HParams, progress: bool,
-                say: Callable, force: bool = False) -> tuple[dict, dict, list[dict]]:
+                say: Callable, force: bool = False, on_epoch: Callable | None = None) -> tuple[dict, dict, list[dict]]:
     """Theta0, the weights after phase 0 and its history: loaded when another arm already trained it."""
     path = phase0_path(results_dir, spec)
     asked = phase0_identity(spec, hp, data.source)
@@ -835,7 +845,7 @@ def dense_phase(spec: RunSpec, data: Data, dev: torch.device, results_dir: Path 
         model = build_model(spec).to(dev)
         theta0 = snapshot(model)
         epochs = train(model, data, spec.epochs, None, phase_seed(spec.seed, 0), dev, hp, desc="dense",
-                       progress=progress)
+                       progress=progress, on_epoch=on_epoch)
         history = annotate(epochs, "dense", 0, 0, sparsity_report(dense_masks(model)))
         save_atomic({"theta0": to_cpu(theta0), "state": to_cpu(model.state_dict()), "history": history,
                      "data": data.source, "hparams": asdict(hp)}, path)
@@ -843,13 +853,30 @@ def dense_phase(spec: RunSpec, data: Data, dev: torch.device, results_dir: Path 
     return theta0, model.state_dict(), history
 
 
-def pack_masks(masks: Masks) -> dict[str, np.ndarray]:
+def first_epoch_eta(epochs: int, say: Callable) -> Callable[[dict], None]:
+    """An `on_epoch` that says, once the first epoch is timed, how long all `epochs` should take on this device."""
+    said = []
+
+    def on_epoch(epoch: dict) -> None:
+        if not said:
+            said.append(True)
+            say(f"first epoch: {epoch['seconds']:.1f} s, so about {epoch['seconds'] * epochs / 60:.1f} min for the "
+                f"{epochs} epochs of this run on this device")
+    return on_epoch
+
+
+def pack_masks(masks: Masks) -> dict[str, torch.Tensor]:
     """Masks as bits: 8 weights a byte, about 58 KB for the whole network."""
-    return {name: np.packbits(m.cpu().numpy().ravel()) for name, m in masks.items()}
+    return {name: torch.from_numpy(np.packbits(m.cpu().numpy().ravel())) for name, m in masks.items()}
 
 
-def round_masks_arrays(round_masks: dict[int, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {f"round{r}/{name}": bits for r, layers in round_masks.items() for name, bits in layers.items()}
+def save_masks(path: Path, round_masks: dict[int, dict[str, torch.Tensor]]) -> None:
+    arrays = {f"round{r}/{name}": bits.numpy() for r, layers in round_masks.items() for name, bits in layers.items()}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+            np.savez(f, **arrays)
+    atomic_write(path, write)
 
 
 def load_masks(results_dir: Path | str, spec: RunSpec) -> dict[int, Masks]:
@@ -886,9 +913,25 @@ def load_data(data_dir: str | None = None, quick: bool = False) -> Data:
 
 
 def results_root(path: str | None = None, quick: bool = False) -> Path:
-    """Where runs are saved: results/, or results_quick/ so that quick runs never mix with real ones. A relative
-    path is relative to the repository root, wherever the kernel was started."""
-    return ROOT / path if path else ROOT / ("results_quick" if quick else "results")
+    """Where runs are saved: results/, or results_quick/ so that quick runs never mix with real ones, under the
+    repository root or $LTH_RESULTS (Colab: a Drive folder). A relative `path` is relative to the repository root."""
+    return ROOT / path if path else Path(os.environ.get("LTH_RESULTS") or ROOT) / ("results_quick" if quick else
+                                                                                   "results")
+
+
+def notebook_setup(data_dir: str | None, quick: bool, results_dir: str | None, device: str | None,
+                   precision: str) -> tuple[Data, Path, HParams]:
+    """A run notebook's first step: its data, results folder and precision, said before anything trains."""
+    style()
+    dev = resolve_device(device)
+    results = results_root(results_dir, quick)
+    data = load_data(data_dir, quick)
+    hp = resolve_hparams(HParams(precision=precision), dev, results)
+    where = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
+    print(f"data: {data.source['description']} ({data.source['file']}, sha256 {data.source.get('sha256', '?')[:12]}…"
+          f"{', quick subset' if quick else ''})\nresults: {where}/\ndevice: {describe_device(dev)}\n"
+          f"precision: {hp.precision} (asked: {precision})")
+    return data, results, hp
 
 
 # ----------------------------------------------------------------------------- results
