@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import os
 import sys
 import tempfile
@@ -159,7 +160,8 @@ def execute(job: Job, out: Path, parameters: dict) -> None:
     os.close(fd)
     try:
         pm.execute_notebook(NOTEBOOKS / f"{job.notebook}.ipynb", tmp, parameters=parameters, cwd=NOTEBOOKS,
-                            progress_bar=False, log_output=True)
+                            progress_bar=False, log_output=True,
+                            shutdown_kernel="immediate")  # Ctrl-C: killed, not torn down mid-reply (tracebacks)
     except BaseException:
         if Path(tmp).exists() and Path(tmp).stat().st_size:
             os.replace(tmp, out.with_suffix(".failed.ipynb"))
@@ -255,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "notebook": job.notebook, "params": job.params,
                                  "seconds": round(time.time() - t0, 1), "status": result})
     except KeyboardInterrupt:
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # the cell task papermill left behind, at exit
         print(f"\ninterrupted: {finished} of {len(plan)} executions finished; the run in progress keeps its last "
               "finished phase. Run the same command again to resume.", file=sys.stderr)
         return 130

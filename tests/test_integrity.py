@@ -1,0 +1,313 @@
+"""Results integrity: a saved result is reused only for the run asked, resumes are exact, nothing is destroyed,
+damaged files are named, and concurrent writers do not clash. One test (at least) per defect found by probing."""
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+import helpers as H
+from conftest import FAST, fake_arrays
+
+ROOT = H.ROOT
+TINY = H.RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1)
+
+
+def run(spec, data, results, hp=FAST, **kw):
+    return H.run_experiment(spec, data, "cpu", results, hp, progress=False, **kw)
+
+
+def count_training(monkeypatch) -> list[str]:
+    calls, train = [], H.train
+    monkeypatch.setattr(H, "train", lambda *a, **k: calls.append(k.get("desc")) or train(*a, **k))
+    return calls
+
+
+def dies_at_call(monkeypatch, n: int, error=KeyboardInterrupt) -> None:
+    """The n-th call of train() raises `error`: the session ends in the middle of that phase."""
+    calls, train = [], H.train
+
+    def dying(*a, **k):
+        calls.append(k.get("desc"))
+        if len(calls) == n:
+            raise error
+        return train(*a, **k)
+    monkeypatch.setattr(H, "train", dying)
+
+
+def run_all(*args, **kw):
+    return subprocess.run([sys.executable, str(ROOT / "run_all.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, **kw)
+
+
+def quick_args(tmp_path, n_train=600, n_test=100):
+    np.savez(tmp_path / "cifar10.npz", **fake_arrays(n_train=n_train, n_test=n_test))
+    return ["--quick", "--data-dir", str(tmp_path / "cifar10.npz"), "--results-dir", str(tmp_path / "results")]
+
+
+# 1. A finished record or a round checkpoint is reused only when it is the run asked for.
+
+def test_a_record_made_with_other_hparams_is_not_returned(data, tmp_path):
+    run(TINY, data, tmp_path)
+    with pytest.raises(H.ResultMismatch, match="hparams.lr saved 0.05, asked 0.01.*--force"):
+        run(TINY, data, tmp_path, replace(FAST, lr=0.01))
+
+
+def test_a_checkpoint_made_with_other_hparams_is_not_resumed(data, tmp_path, monkeypatch):
+    dies_at_call(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run(TINY, data, tmp_path)  # dies in round 2: phase 0 and round 1 are saved
+    phase0 = H.phase0_path(tmp_path, TINY).read_bytes()
+    with pytest.raises(H.ResultMismatch, match=r"\.pt was made with other settings .*hparams.lr"):
+        run(TINY, data, tmp_path, replace(FAST, lr=0.01))
+    assert H.phase0_path(tmp_path, TINY).read_bytes() == phase0  # the shared phase 0 was not overwritten
+
+
+def test_a_record_made_on_other_data_is_not_returned(data, tmp_path):
+    run(TINY, data, tmp_path)
+    np.savez(tmp_path / "other.npz", **fake_arrays(seed=1))
+    with pytest.raises(H.ResultMismatch, match="data.sha256 saved"):
+        run(TINY, H.load_cifar10(tmp_path / "other.npz"), tmp_path)
+
+
+# 2. The data is its content, not its path; results carry no machine paths.
+
+def test_the_same_data_file_elsewhere_reuses_phase0_and_no_path_is_saved(fake_npz, tmp_path, monkeypatch):
+    run(TINY, H.load_cifar10(fake_npz), tmp_path / "results")
+    (tmp_path / "moved").mkdir()
+    os.symlink(fake_npz, tmp_path / "moved" / "cifar10.npz")
+    calls = count_training(monkeypatch)
+    other = H.RunSpec.of("random", sparsity=0.5, rounds=1, epochs=1)
+    record = run(other, H.load_cifar10(tmp_path / "moved"), tmp_path / "results")
+    assert calls == ["round 1/1"]  # phase 0 came from the first run
+    saved = H.record_path(tmp_path / "results", other).read_text()
+    assert str(tmp_path) not in saved and record["data"]["file"] == "cifar10.npz"
+
+
+# 3. --force never destroys what it has not replaced.
+
+def test_force_keeps_the_old_record_until_the_new_run_is_complete(data, tmp_path, monkeypatch):
+    run(TINY, data, tmp_path)
+    before = H.record_path(tmp_path, TINY).read_text()
+    dies_at_call(monkeypatch, 2, RuntimeError("disk full"))  # phase 0 is loaded; round 2 fails
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(TINY, data, tmp_path, force=True)
+    assert H.record_path(tmp_path, TINY).read_text() == before
+    monkeypatch.undo()
+    new = run(TINY, data, tmp_path, force=True)  # resumes the forced run from its round 1, then replaces
+    assert json.loads(H.record_path(tmp_path, TINY).read_text()) == new
+    assert new["seconds"] != json.loads(before)["seconds"]
+
+
+def test_force_with_a_mistyped_data_dir_destroys_nothing(tmp_path):
+    args = quick_args(tmp_path)
+    assert run_all(*args, "--only", "05_random_reinit", timeout=600).returncode == 0
+    results = tmp_path / "results"
+    saved = {p: p.read_bytes() for p in [*results.glob("runs/*/*"), *results.glob("notebooks/*.ipynb")]}
+    out = run_all(*args[:1], "--data-dir", str(tmp_path / "cifar10.npzz"), "--results-dir", str(results),
+                  "--only", "05_random_reinit", "--force")
+    assert out.returncode == 2 and "cifar10.npzz" in out.stderr
+    assert {p: p.read_bytes() for p in saved} == saved
+
+
+# 4. Every arm resumes exactly, whatever the memory layout of the model it resumes into.
+
+@pytest.mark.parametrize("experiment", ["lottery", "random", "reinit"])
+@pytest.mark.parametrize("dies_at", [2, 3], ids=["after phase 0", "after round 1 of 3"])
+def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(experiment, dies_at, data, tmp_path, monkeypatch):
+    spec = H.RunSpec.of(experiment, sparsity=0.5, rounds=3, epochs=1, dropout=0.1)
+    whole = run(spec, data, tmp_path / "whole")
+    dies_at_call(monkeypatch, dies_at)
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, data, tmp_path / "resumed")
+    monkeypatch.undo()
+    resumed = run(spec, data, tmp_path / "resumed")
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]
+    assert strip(resumed["history"]) == strip(whole["history"])
+    assert all(torch.equal(a[k], b[k]) for (a, b) in zip(H.load_masks(tmp_path / "whole", spec).values(),
+                                                         H.load_masks(tmp_path / "resumed", spec).values()) for k in a)
+
+
+# 5. A notebook counts as done only when its executed copy finished.
+
+def test_a_half_written_notebook_is_executed_again(tmp_path):
+    args = quick_args(tmp_path)
+    assert run_all(*args, "--only", "05_random_reinit", timeout=600).returncode == 0
+    out = tmp_path / "results" / "notebooks" / "05_random_reinit__seed=0.ipynb"
+    nb = nbformat.read(out, as_version=4)
+    for cell in nb.cells[-3:]:  # as papermill leaves it when killed: the last cells never ran
+        cell.metadata["papermill"]["status"] = "pending"
+        cell.outputs = []
+    nb.metadata["papermill"]["end_time"] = None
+    nbformat.write(nb, out)
+    import run_all as R
+    assert not R.notebook_finished(out)
+    again = run_all(*args, "--only", "05_random_reinit", timeout=600)
+    assert again.returncode == 0 and "[1/1] 05_random_reinit" in again.stdout
+    assert R.notebook_finished(out)
+
+
+# 6. A damaged file is named, with what to do, and does not stop unrelated runs.
+
+def test_a_truncated_checkpoint_is_set_aside_and_the_run_restarts(data, tmp_path, monkeypatch, capsys):
+    dies_at_call(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run(TINY, data, tmp_path)
+    monkeypatch.undo()
+    ckpt = H.checkpoint_path(tmp_path, TINY)
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    import run_all as R
+    study = R.Study(tmp_path, data, H.resolve_hparams(FAST, torch.device("cpu")))
+    assert study.status(TINY) == "partial" and study.rounds_done(TINY) == 0  # --list does not crash
+    record = run(TINY, data, tmp_path)
+    assert [e["round"] for e in record["history"]] == [0, 1, 2]
+    assert f"{ckpt} is damaged" in capsys.readouterr().out and ckpt.with_name(ckpt.name + ".damaged").exists()
+
+
+def test_a_truncated_record_is_named_and_the_others_still_load(data, tmp_path):
+    run(TINY, data, tmp_path)
+    other = H.RunSpec.of("random", sparsity=0.5, rounds=1, epochs=1)
+    run(other, data, tmp_path)
+    path = H.record_path(tmp_path, TINY)
+    path.write_text(path.read_text()[:200])
+    with pytest.warns(UserWarning, match=f"{path.name} is damaged.*git checkout"):
+        assert [r["name"] for r in H.load_records(tmp_path)] == [other.name]
+    with pytest.raises(H.DamagedFile, match=f"{path} is damaged.*delete it to compute the run again"):
+        run(TINY, data, tmp_path)
+
+
+def test_a_truncated_phase0_is_set_aside_and_trained_again(data, tmp_path, capsys):
+    first = run(TINY, data, tmp_path)
+    path = H.phase0_path(tmp_path, TINY)
+    path.write_bytes(path.read_bytes()[:500])
+    other = H.RunSpec.of("random", sparsity=0.5, rounds=2, epochs=1)
+    record = run(other, data, tmp_path)
+    assert record["history"][0]["val_acc"] == first["history"][0]["val_acc"]
+    assert f"{path} is damaged" in capsys.readouterr().out
+
+
+# 7. Two writers never clash; a failing disk never hides the real error.
+
+def _save_many(path: str, n: int) -> None:
+    for i in range(n):
+        H.save_atomic({"i": torch.tensor(i)}, H.Path(path))
+        H.write_json(H.Path(path).with_suffix(".json"), {"i": i})
+
+
+def test_two_processes_saving_the_same_files_do_not_clash(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_save_many, args=(str(tmp_path / "x.pt"), 150)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert torch.load(tmp_path / "x.pt")["i"] == 149 and json.loads((tmp_path / "x.json").read_text())["i"] == 149
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+TWO_RUNNERS = """
+import sys; sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+import torch; torch.set_num_threads(1)
+import helpers as H
+from conftest import FAST
+spec = H.RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1)
+H.run_experiment(spec, H.load_cifar10({npz!r}), "cpu", {results!r}, FAST, progress=False)
+"""
+
+
+def test_two_processes_on_one_results_folder_train_everything_once(fake_npz, tmp_path):
+    code = TWO_RUNNERS.format(root=str(ROOT), tests=str(ROOT / "tests"), npz=str(fake_npz),
+                              results=str(tmp_path / "results"))
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    both = "".join(outputs)
+    assert both.count("phase 0 (1 epochs dense)") == 1 and both.count("round 2/2 at sparsity") == 1, outputs
+
+
+def test_a_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def full_disk(obj, f):
+        open(f, "wb").write(b"half")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        H.save_atomic({"x": 1}, tmp_path / "ckpt.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_timing_log_does_not_stop_the_batch(tmp_path, capsys):
+    import run_all as R
+    (tmp_path / "timing.csv").mkdir()  # writing it fails as a read-only or full disk would
+    R.log_timing(tmp_path, {"notebook": "x", "seconds": 1})
+    assert "could not write" in capsys.readouterr().err
+
+
+# 8. Smaller defects, each a clear error with its fix.
+
+def test_ctrl_c_ends_with_one_line_saying_how_to_resume(tmp_path):
+    args = quick_args(tmp_path, n_train=2048, n_test=200)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_all.py"), *args, "--only", "02_lottery_sweep"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "results" / "checkpoints").glob("phase0/*.pt")) and time.time() < deadline:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the runner and its kernel
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    lines = [line for line in err.splitlines() if line.strip() and "IPKernelApp" not in line]
+    assert len(lines) == 1 and "interrupted: 0 of 5 executions finished" in lines[0] and "again to resume" in lines[0]
+
+
+def test_a_bad_data_dir_fails_once_and_creates_nothing(tmp_path):
+    out = run_all("--data-dir", str(tmp_path / "nope"), "--only", "02_lottery_sweep", timeout=120)
+    assert out.returncode == 2 and out.stderr.count("CIFAR-10 not found") == 1
+    assert not (tmp_path / "nope").exists()
+
+
+def test_empty_and_fractional_data_are_named(tmp_path):
+    arrays = fake_arrays()
+    np.savez(tmp_path / "empty.npz", **{**arrays, "x_test": arrays["x_test"][:0], "y_test": arrays["y_test"][:0]})
+    with pytest.raises(H.DataError, match=r"empty.npz: x_test is uint8 \(0, 32, 32, 3\).*N > 0"):
+        H.load_cifar10(tmp_path / "empty.npz")
+    np.savez(tmp_path / "frac.npz", **{**arrays, "y_train": arrays["y_train"] + 0.5})
+    with pytest.raises(H.DataError, match="frac.npz: y_train is float64.*whole-number labels"):
+        H.load_cifar10(tmp_path / "frac.npz")
+
+
+def test_an_empty_test_set_is_a_clear_error(data):
+    with pytest.raises(ValueError, match="the test set is empty"):
+        H.train(H.CNN(), data.subset(256, 0), 1, hp=FAST, progress=False)
+
+
+@pytest.mark.parametrize("field, value", [("batch_size", 0), ("lr", float("nan")), ("lr", -0.1),
+                                          ("momentum", 1.5), ("weight_decay", float("inf")), ("precision", "fp8")])
+def test_bad_hparams_name_the_parameter(field, value):
+    with pytest.raises(ValueError, match=f"{field}={value!r}"):
+        H.HParams(**{field: value})
+
+
+def test_a_pruned_experiment_with_zero_rounds_is_refused():
+    with pytest.raises(ValueError, match="rounds=0: must be a whole number >= 1 for a 'lottery' run.*'baseline'"):
+        H.RunSpec.of("lottery", rounds=0)
+
+
+def test_a_non_boolean_batchnorm_is_refused():
+    with pytest.raises(ValueError, match="batchnorm='yes': must be True or False"):
+        H.RunSpec.of("lottery", sparsity=0.5, batchnorm="yes")
+
+
+def test_sparsities_that_differ_anywhere_have_different_names():
+    a, b = H.RunSpec.of("lottery", sparsity=0.5), H.RunSpec.of("lottery", sparsity=0.5000001)
+    assert a.name == "lottery_p0.5_R5_E5_magnitude_rewind_bn1_do0_seed0" and a.name != b.name

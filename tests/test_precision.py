@@ -1,0 +1,104 @@
+"""Precision per device: what "auto" picks, that a study keeps its precision, and fp16 with a GradScaler."""
+import json
+
+import pytest
+import torch
+
+import helpers as H
+from conftest import FAST
+
+CUDA = torch.device("cuda")
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")],
+                         ids=["T4", "A100", "H100"])
+def test_auto_on_cuda_is_bf16_from_ampere_on_and_fp16_before(capability, expected, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what emulation reports on a T4
+    assert H.pick_precision(CUDA) == expected
+
+
+@pytest.fixture
+def cpu(monkeypatch, tmp_path):
+    """An x86 CPU with AVX-512 whose bf16 and fp32 speeds the test sets; counts the probes."""
+    monkeypatch.setattr(H, "PRECISION_CACHE", tmp_path / "precision.json")
+    monkeypatch.setattr(H.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(H, "cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(H, "cpu_model", lambda: "Some Xeon")
+    speeds, probes = {}, []
+    monkeypatch.setattr(H, "probe_speed", lambda p: probes.append(p) or speeds[p])
+    return speeds, probes
+
+
+@pytest.mark.parametrize("fp32, bf16, expected", [(1500, 1133, "fp32"), (1206, 2076, "bf16")],
+                         ids=["Xeon without AMX: bf16 slower", "Zen 4: bf16 faster"])
+def test_auto_on_a_cpu_is_the_faster_of_fp32_and_bf16_probed_once(cpu, fp32, bf16, expected):
+    speeds, probes = cpu
+    speeds.update(fp32=fp32, bf16=bf16)
+    assert H.pick_precision(CPU) == expected and sorted(probes) == ["bf16", "fp32"]
+    assert H.pick_precision(CPU) == expected and len(probes) == 2  # cached per CPU model and torch version
+    assert json.loads(H.PRECISION_CACHE.read_text()) == {f"Some Xeon | AVX512 | torch {torch.__version__}": expected}
+
+
+def test_auto_on_x86_without_avx512_is_fp32_without_probing(cpu, monkeypatch):
+    monkeypatch.setattr(H, "cpu_capability", lambda: "AVX2")  # no native bf16 kernels: measured 13x slower
+    assert H.pick_precision(CPU) == "fp32" and cpu[1] == []
+
+
+def test_the_probe_measures_both_precisions_for_real():
+    assert H.probe_speed("fp32", batch=16, steps=1) > 0 and H.probe_speed("bf16", batch=16, steps=1) > 0
+
+
+def record(precision_field: dict) -> dict:
+    spec = H.RunSpec.of("lottery", sparsity=0.5)
+    return {"experiment": "lottery", "name": spec.name, "params": vars(spec),
+            "hparams": {**{k: v for k, v in vars(H.HParams()).items() if k != "precision"}, **precision_field}}
+
+
+def test_a_study_keeps_the_precision_its_runs_used(tmp_path, monkeypatch):
+    monkeypatch.setattr(H, "pick_precision", lambda dev: "fp32")  # what this device alone would pick
+    assert H.resolve_hparams(H.HParams(), CPU, tmp_path).precision == "fp32"
+    H.write_json(tmp_path / "runs" / "lottery" / "a.json", record({"bf16": True}))  # a record from before `precision`
+    assert H.resolve_hparams(H.HParams(), CPU, tmp_path).precision == "bf16"
+    assert H.resolve_hparams(H.HParams(precision="fp16"), CPU, tmp_path).precision == "fp16"  # explicit wins
+    H.write_json(tmp_path / "runs" / "lottery" / "b.json", record({"precision": "fp32"}))
+    with pytest.raises(ValueError, match=r"precisions \['bf16', 'fp32'\]: pass precision explicitly"):
+        H.resolve_hparams(H.HParams(), CPU, tmp_path)
+
+
+def test_the_resolved_precision_is_part_of_a_runs_identity(data, tmp_path):
+    spec = H.RunSpec.of("lottery", sparsity=0.5, rounds=1, epochs=1)
+    record = H.run_experiment(spec, data, "cpu", tmp_path, H.HParams(batch_size=64, lr=0.05, precision="fp32"),
+                              progress=False)
+    assert record["hparams"]["precision"] == "fp32"
+    with pytest.raises(H.ResultMismatch, match="hparams.precision saved 'fp32', asked 'bf16'"):
+        H.run_experiment(spec, data, "cpu", tmp_path, H.HParams(batch_size=64, lr=0.05, precision="bf16"),
+                         progress=False)
+
+
+def test_fp16_with_a_skipped_step_keeps_pruned_weights_at_zero(data, monkeypatch):
+    torch.manual_seed(0)
+    model = H.CNN()
+    masks = H.prune(model, H.dense_masks(model), 0.5)
+    H.apply_masks(model, masks)
+    steps, skipped = [], []
+    sgd_step = torch.optim.SGD.step
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **k: steps.append(self) or sgd_step(self, *a, **k))
+
+    def overflow_once(grad):  # the first backward overflows, as fp16 gradients do: the scaler must skip that step
+        if not skipped:
+            skipped.append(True)
+            return torch.full_like(grad, float("inf"))
+        return grad
+    model.classifier.weight.register_hook(overflow_once)
+    hp = H.HParams(batch_size=64, lr=0.05, precision="fp16", weight_decay=5e-2)
+    history = H.train(model, data, 2, masks, hp=hp, progress=False)
+    assert len(steps) == 2 * (len(data.x_train) // 64) - 1  # exactly one step skipped
+    opt = steps[-1]
+    for name, w in H.prunable_weights(model).items():
+        assert (w[~masks[name]] == 0).all(), name
+        assert (opt.state[w]["momentum_buffer"][~masks[name]] == 0).all(), name
+        assert torch.isfinite(w).all(), name
+    assert all(torch.equal(m, H.prune(model, masks, 0.5)[k]) for k, m in masks.items())
+    assert history[-1]["train_loss"] < history[0]["train_loss"] or history[-1]["val_acc"] > 0.1
