@@ -1033,6 +1033,145 @@ def phase0_acc(record: dict) -> float:
     return [e for e in record["history"] if e["round"] == 0][-1]["val_acc"]
 
 
+def spread(accs: list[float]) -> str:
+    """Mean accuracy, with the range over seeds when there are several: '79.98%' or '79.2% (78.9-79.6, 3 seeds)'."""
+    if len(accs) == 1:
+        return f"{accs[0]:.2%} (1 seed)"
+    return f"{np.mean(accs):.2%} (range {min(accs):.2%}-{max(accs):.2%}, {len(accs)} seeds)"
+
+
+def verdict(a: list[float], b: list[float]) -> str:
+    """Whether the difference between two arms exceeds what their seeds spread over."""
+    if min(len(a), len(b)) < 2:
+        return "one seed: no range to judge it against"
+    if min(a) > max(b) or max(a) < min(b):
+        return "beyond the seed range (the ranges do not overlap)"
+    return "within the seed range (the ranges overlap)"
+
+
+CLASSIC = dict(sparsity=1 - 0.8 ** 13, rounds=13, epochs=5)  # 20% of the survivors a round, to 5.5% of the weights
+
+
+def findings(records: list[dict], batchnorm: bool = True, dropout: float = 0.0, rounds: int = 5,
+             epochs: int = 5) -> list[str]:
+    """The study's findings as sentences, every number computed from `records` (means, ranges over seeds)."""
+    model = dict(batchnorm=batchnorm, dropout=dropout)
+
+    def accs(experiment: str, **where) -> list[float]:
+        return [r["final_val_acc"] for r in records if r["experiment"] == experiment and
+                all(np.isclose(r["params"][k], v) for k, v in {**model, **where}.items())]
+    pts = lambda x: f"{100 * x:+.2f} points"
+    out = []
+    dense = accs("baseline")
+    if dense:
+        out.append(f"Dense baseline ({records_epochs(records, 'baseline')} epochs): {spread(dense)}.")
+    sweep = [r for r in records if r["experiment"] in ("lottery", "random") and r["params"]["rounds"] == rounds
+             and r["params"]["epochs"] == epochs and all(r["params"][k] == v for k, v in model.items())]
+    phase0 = {r["params"]["seed"]: phase0_acc(r) for r in sweep}
+    if phase0:
+        out.append(f"Dense network after phase 0 ({epochs} epochs, the fair reference): {spread(list(phase0.values()))}.")
+    for p in sorted({r["params"]["sparsity"] for r in sweep}):
+        lot, rnd = accs("lottery", sparsity=p, rounds=rounds, epochs=epochs), accs("random", sparsity=p,
+                                                                                    rounds=rounds, epochs=epochs)
+        if lot and rnd:
+            out.append(f"Sparsity {p:.0%}: lottery {spread(lot)}, random {spread(rnd)}: the ticket leads by "
+                       f"{pts(np.mean(lot) - np.mean(rnd))}, {verdict(lot, rnd)}; against phase 0: lottery "
+                       f"{pts(np.mean(lot) - np.mean(list(phase0.values())))}, random "
+                       f"{pts(np.mean(rnd) - np.mean(list(phase0.values())))}.")
+    for p in sorted({r["params"]["sparsity"] for r in records if r["experiment"] == "reinit"
+                     and r["params"]["rounds"] == rounds}):
+        re_, lot = accs("reinit", sparsity=p, rounds=rounds, epochs=epochs), accs("lottery", sparsity=p,
+                                                                                   rounds=rounds, epochs=epochs)
+        rnd = accs("random", sparsity=p, rounds=rounds, epochs=epochs)
+        if re_ and lot:
+            out.append(f"Re-initialised survivors at {p:.0%}: {spread(re_)}, {pts(np.mean(re_) - np.mean(lot))} "
+                       f"against the rewound ticket ({verdict(re_, lot)})" + (
+                           f" and {pts(np.mean(re_) - np.mean(rnd))} against random pruning ({verdict(re_, rnd)})"
+                           if rnd else "") + ".")
+    for r_, e_ in sorted({(r["params"]["rounds"], r["params"]["epochs"]) for r in records
+                          if r["experiment"] == "rounds_vs_epochs"}):
+        runs = [r for r in records if r["experiment"] == "rounds_vs_epochs" and r["params"]["rounds"] == r_
+                and r["params"]["epochs"] == e_]
+        out.append(f"{r_} round(s) × {e_} epochs to 50%: {spread([r['final_val_acc'] for r in runs])}, "
+                   f"{pts(np.mean([r['final_val_acc'] - phase0_acc(r) for r in runs]))} against the dense network "
+                   f"trained as long ({e_} epochs).")
+    out += classic_findings(records, model)
+    return out
+
+
+def records_epochs(records: list[dict], experiment: str) -> str:
+    return "/".join(sorted({str(r["params"]["epochs"]) for r in records if r["experiment"] == experiment}))
+
+
+def classic_curve(records: list[dict], model: dict | None = None):
+    """The classic lottery-ticket curve: accuracy at the end of every round against the weights remaining, one
+    row per (arm, seed, round) of the CLASSIC runs; round 0 is the shared dense phase 0."""
+    import pandas as pd
+    rows = []
+    for r in records:
+        p = r["params"]
+        if p["rounds"] != CLASSIC["rounds"] or not np.isclose(p["sparsity"], CLASSIC["sparsity"]) or \
+                any(p[k] != v for k, v in (model or {}).items()):
+            continue
+        ends = {}
+        for e in r["history"]:
+            ends[e["round"]] = e  # the last epoch of each round
+        rows += [{"experiment": r["experiment"], "seed": p["seed"], "round": k,
+                  "remaining (%)": 100 * (1 - e["sparsity"]), "val_acc": e["val_acc"]} for k, e in ends.items()]
+    return pd.DataFrame(rows, columns=["experiment", "seed", "round", "remaining (%)", "val_acc"])
+
+
+def classic_findings(records: list[dict], model: dict) -> list[str]:
+    curve = classic_curve(records, model)
+    if curve.empty:
+        return []
+    mean = curve.groupby(["experiment", "round"]).agg(val_acc=("val_acc", "mean"), remaining=("remaining (%)", "mean"),
+                                                      seeds=("seed", "nunique")).reset_index()
+    dense = mean[mean["round"] == 0].val_acc.mean()
+    out = [f"Classic curve (20% of the survivors pruned a round, {CLASSIC['epochs']} epochs a round): dense phase 0 "
+           f"{dense:.2%}."]
+    for arm, rows in mean[mean["round"] > 0].groupby("experiment"):
+        below = rows[rows.val_acc < dense - 0.02]
+        seeds = int(rows.seeds.max())
+        out.append(f"{arm}: " + (f"first more than 2 points below the dense phase 0 at {below.remaining.iloc[0]:.1f}% "
+                                 f"of the weights left ({below.val_acc.iloc[0]:.2%})" if len(below) else
+                                 f"never more than 2 points below it, down to {rows.remaining.min():.1f}% of the "
+                                 f"weights left ({rows.val_acc.iloc[-1]:.2%})") + f" ({seeds} seed(s)).")
+    return out
+
+
+def results_markdown(records: list[dict], **model) -> str:
+    """The README's results: one row per run (seeds pooled: mean, range, how many), then the findings."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        p = r["params"]
+        label = (f"dense baseline, {model_label(p)}, {p['epochs']} epochs" if not p["rounds"] else
+                 f"{r['experiment']} p={exact(p['sparsity'])} R={p['rounds']} E={p['epochs']}" +
+                 ("" if p["batchnorm"] and not p["dropout"] else f", {model_label(p)}"))
+        groups.setdefault(label, []).append(r)
+    lines = ["| run | final val acc | seeds | its phase 0 (dense, E epochs) | final sparsity |",
+             "| --- | --- | --- | --- | --- |"]
+    for label, rs in groups.items():
+        accs = [r["final_val_acc"] for r in rs]
+        rng = f" ({min(accs):.2%}-{max(accs):.2%})" if len(rs) > 1 else ""
+        p0 = "-" if not rs[0]["params"]["rounds"] else f"{np.mean([phase0_acc(r) for r in rs]):.2%}"
+        lines.append(f"| {label} | {np.mean(accs):.2%}{rng} | {len(rs)} | {p0} | {rs[0]['final_sparsity']:.4f} |")
+    phase0 = {RunSpec(**r["params"]).phase0_name: sum(e["seconds"] for e in r["history"] if e["round"] == 0)
+              for r in records}
+    pruned = sum(e["seconds"] for r in records for e in r["history"] if e["round"] > 0)
+    compute = (f"Compute: {(sum(phase0.values()) + pruned) / 3600:.2f} hours of training in these records (each "
+               f"shared phase 0 once), on {', '.join(sorted({r['device'] for r in records}))}.")
+    return "\n".join(lines + ["", *[f"- {line}" for line in findings(records, **model)], "", compute])
+
+
+def write_readme_results(text: str, readme: Path = ROOT / "README.md") -> None:
+    """Replace the README's results between its two markers with `text`, computed from the records."""
+    start, end = "<!-- results: written by notebooks/06_summary.ipynb from the records -->", "<!-- end of results -->"
+    before, rest = readme.read_text().split(start)
+    write_text = before + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
+    atomic_write(readme, lambda f: f.write_text(write_text))
+
+
 def reading(record: dict, results_dir: Path | str = RESULTS) -> str:
     """A run's result in words: against the dense baseline of its model and the other arms at its sparsity."""
     p = record["params"]
@@ -1100,4 +1239,24 @@ def plot_final(table, x: str, hue: str, title: str, ax=None, references: dict[st
         ax.axhline(acc, color="black", ls=ls, lw=1.2, label=f"{label} ({acc:.3f})")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set(ylabel="final validation accuracy", title=title)
+    return ax
+
+
+def plot_classic(curve, ax=None):
+    """The classic lottery-ticket figure: accuracy at the end of each round against the weights remaining (log
+    axis, 100% to 5%), one line per arm (mean and range over seeds), the dense phase 0 dotted."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 5))
+    pruned = curve[curve["round"] > 0]
+    sns.lineplot(data=pruned, x="remaining (%)", y="val_acc", hue="experiment", marker="o", errorbar=("pi", 100),
+                 ax=ax)
+    dense = curve[curve["round"] == 0].val_acc.mean()
+    ax.axhline(dense, color="black", ls=":", lw=1.2, label=f"dense phase 0 ({dense:.3f})")
+    ax.set_xscale("log")
+    ax.set_xlim(100, 5)
+    ax.set_xticks([100, 50, 20, 10, 5], labels=["100", "50", "20", "10", "5"])
+    ax.set(ylabel="validation accuracy at the end of the round", title="Iterative pruning to 5% of the weights")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     return ax

@@ -14,6 +14,7 @@ import argparse
 import csv
 import logging
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -30,18 +31,21 @@ SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5)
 ROUNDS_X_EPOCHS = ((1, 30), (2, 15), (3, 10), (4, 7), (5, 6))
 PLAN = {  # notebook -> (experiment it runs, one dict of parameters per execution)
     "01_baseline": ("baseline", [dict(batchnorm=bn, dropout=do) for bn in (True, False) for do in (0.0, 0.2)]),
-    "02_lottery_sweep": ("lottery", [dict(sparsity=p) for p in SPARSITIES]),
-    "03_random_sweep": ("random", [dict(sparsity=p) for p in SPARSITIES]),
+    "02_lottery_sweep": ("lottery", [dict(sparsity=p) for p in SPARSITIES] + [H.CLASSIC]),
+    "03_random_sweep": ("random", [dict(sparsity=p) for p in SPARSITIES] + [H.CLASSIC]),
     "04_rounds_vs_epochs": ("rounds_vs_epochs", [dict(rounds=r, epochs=e) for r, e in ROUNDS_X_EPOCHS]),
-    "05_random_reinit": ("reinit", [dict()]),
+    "05_random_reinit": ("reinit", [dict(), H.CLASSIC]),  # H.CLASSIC: the classic curve, to 5.5% of the weights
     "06_summary": (None, [dict()]),
 }
 NOTEBOOKS = H.ROOT / "notebooks"
+RAY_INSTALL = "pip install -r requirements-ray.txt"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="+", metavar="NOTEBOOK", help=f"run only these notebooks: {', '.join(PLAN)}")
+    p.add_argument("--only", nargs="+", metavar="NOTEBOOK[:PARAM=VALUE]",
+                   help=f"run only these notebooks ({', '.join(PLAN)}), or only their parameter sets that match, "
+                        "e.g. 02_lottery_sweep:rounds=13")
     p.add_argument("--data-dir", help="CIFAR-10 folder or .npz file (default: $CIFAR10_DATA, else ./data)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
     p.add_argument("--precision", default="auto", choices=H.PRECISIONS,
@@ -53,15 +57,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true",
                    help="compute runs again even if done; each record is replaced only once its new run is complete")
     p.add_argument("--list", action="store_true", help="show what would run and what is done, then stop")
+    p.add_argument("--workers", type=int, help="run up to N executions at once on Ray (local, or --address)")
+    p.add_argument("--address", help="attach to a Ray cluster (auto, HOST:PORT or ray://HOST:PORT) instead of "
+                                     "starting a local one; needs --workers")
+    p.add_argument("--gpus-per-run", type=float, default=0.0, help="GPU share of each run on Ray, e.g. 0.25: four "
+                                                                     "runs a GPU (default 0: CPU runs)")
+    p.add_argument("--threads-per-run", type=int, help="torch CPU threads in each run (default: torch's own)")
     args = p.parse_args(argv)
-    unknown = [n for n in args.only or [] if n not in PLAN]
+    unknown = [n for n in args.only or [] if n.split(":")[0] not in PLAN]
     if unknown:
         p.error(f"unknown notebook(s) {unknown} in --only; choose from {', '.join(PLAN)}")
+    args.only = [(n.split(":")[0], dict(kv.split("=", 1) for kv in n.split(":")[1].split(",")) if ":" in n else {})
+                 for n in args.only or []]
     if args.seeds < 1:
         p.error(f"--seeds {args.seeds}: must be at least 1")
+    for name in ("workers", "threads_per_run"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    if not 0 <= args.gpus_per_run <= 1:
+        p.error(f"--gpus-per-run {args.gpus_per_run}: must be a fraction of one GPU, in [0, 1]")
+    if (args.address or args.gpus_per_run) and not args.workers:
+        p.error("--address and --gpus-per-run need --workers N (how many runs at once)")
+    if args.gpus_per_run and args.device is None:
+        args.device = "cuda"  # the runs land on GPU workers, whatever this machine has
     try:
-        args.device = H.resolve_device(args.device)
-    except ValueError as e:
+        args.device = torch.device(args.device) if args.gpus_per_run else H.resolve_device(args.device)
+    except (ValueError, RuntimeError) as e:
         p.error(str(e))
     return args
 
@@ -78,13 +99,13 @@ def jobs(args: argparse.Namespace) -> list[Job]:
     """Every execution in order; every spec is validated before anything trains."""
     out = []
     for notebook, (experiment, param_sets) in PLAN.items():
-        if args.only and notebook not in args.only:
-            continue
         for params in param_sets:
             for seed in range(args.seeds) if experiment else [None]:
                 run_params = {**params, "seed": seed} if experiment else {}
                 spec = H.RunSpec.of(experiment, quick=args.quick, **run_params) if experiment else None
-                out.append(Job(notebook, run_params, spec))
+                if not args.only or any(nb == notebook and all(str(getattr(spec, k, None)) == v for k, v in where.items())
+                                        for nb, where in args.only):
+                    out.append(Job(notebook, run_params, spec))
     return out
 
 
@@ -150,7 +171,7 @@ def notebook_finished(path: Path) -> bool:
         c.metadata.get("papermill", {}).get("status") == "completed" for c in nb.cells if c.cell_type == "code")
 
 
-def execute(job: Job, out: Path, parameters: dict) -> None:
+def execute(job: Job, out: Path, parameters: dict, recorded_as: str | None = None) -> None:
     """Execute into a temporary file and move it to `out` only when it finished: `out` is never half a notebook.
 
     A failed execution is kept as <out>.failed.ipynb to read its error; the previous `out`, if any, stays."""
@@ -170,7 +191,7 @@ def execute(job: Job, out: Path, parameters: dict) -> None:
     nb = nbformat.read(tmp, as_version=4)
     meta = nb.metadata.get("papermill", {})
     meta["input_path"] = f"notebooks/{job.notebook}.ipynb"  # no machine paths in what is committed
-    meta["output_path"] = relative(out)
+    meta["output_path"] = recorded_as or relative(out)
     nb.metadata.pop("widgets", None)  # widget state is not saved in batch runs; GitHub refuses to render without it
     nbformat.validate(nb)
     H.atomic_write(out, lambda f: nbformat.write(nb, str(f)))
@@ -201,6 +222,12 @@ def log_timing(results: Path, row: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.workers:
+        try:
+            import ray  # noqa: F401  (an optional dependency: only --workers needs it)
+        except ImportError:
+            print(f"run_all.py: error: --workers needs Ray, which is not installed: {RAY_INSTALL}", file=sys.stderr)
+            return 2
     results = H.results_root(args.results_dir, args.quick)
     try:
         plan = jobs(args)
@@ -217,54 +244,209 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{study.epochs_left(todo)} epochs to train; data: {data.source['description']}; "
               f"precision {hp.precision} on {args.device}")
         return 0
-    print(f"data: {data.source['description']} ({data.source['file']}); precision {hp.precision} on {args.device}")
     if args.data_dir:  # the kernels read it from the environment, so no machine path lands in the notebooks
         os.environ["CIFAR10_DATA"] = str(Path(args.data_dir).resolve())
     os.environ["LTH_BATCH"] = "1"  # the notebooks' Colab setup cell stays idle in batch runs
-    common = {"device": str(args.device), "precision": hp.precision, "quick": args.quick,
-              "results_dir": relative(results), "progress": False, "force": args.force}
-    failed, finished, start, trained_epochs = [], 0, time.time(), 0
+    if args.threads_per_run:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads_per_run)  # torch's intra-op threads in each kernel
+    start, failed = time.time(), []
+    pending, finished = triage(plan, study, args, failed)
     try:
-        for i, job in enumerate(plan, 1):
-            out = output_path(results, job)
-            state = study.status(job.spec) if job.spec else "summary"
-            if state in ("differs", "damaged") and not args.force:
-                failed.append(f"{job.notebook} {job.params}: {problem(study, job.spec, state)}")
-                continue
-            if state == "running":
-                print(f"[{i}/{len(plan)}] {job.notebook} {job.params}: another process is computing it; skipped")
-                continue
-            if state == "done" and not args.force and notebook_finished(out):
-                finished += 1
-                continue
-            todo = [j.spec for j in plan[i - 1:] if j.spec and (args.force or study.status(j.spec) != "done")]
-            left = study.epochs_left(todo)
-            elapsed = time.time() - start
-            eta = f"{left * elapsed / trained_epochs / 60:.0f} min" if trained_epochs else "after the first run"
-            print(f"[{i}/{len(plan)}] {job.notebook} {job.params or ''} · {left} epochs to train · "
-                  f"{elapsed / 60:.0f} min so far · ETA {eta}", flush=True)
-            t0 = time.time()
-            try:
-                execute(job, out, {**common, **job.params} if job.spec else
-                        {"results_dir": common["results_dir"], "quick": args.quick})
-                result = "ok"
-                finished += 1
-            except Exception as e:  # a failed run is logged and the others go on; its checkpoints are kept
-                failed.append(f"{job.notebook} {job.params}: {type(e).__name__}: {str(e).strip().splitlines()[-1:]}")
-                result = "failed"
-            trained_epochs += left - study.epochs_left([s for s in todo if s != job.spec or study.status(s) != "done"])
-            log_timing(results, {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                 "notebook": job.notebook, "params": job.params,
-                                 "seconds": round(time.time() - t0, 1), "status": result})
+        if args.workers:
+            finished += run_parallel(args, pending, study, failed)
+        else:
+            print(f"data: {data.source['description']} ({data.source['file']}); precision {hp.precision} on "
+                  f"{args.device}")
+            finished += run_sequential(args, pending, study, failed)
     except KeyboardInterrupt:
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # the cell task papermill left behind, at exit
-        print(f"\ninterrupted: {finished} of {len(plan)} executions finished; the run in progress keeps its last "
+        print(f"\ninterrupted: {finished} of {len(plan)} executions finished; runs in progress keep their last "
               "finished phase. Run the same command again to resume.", file=sys.stderr)
         return 130
     print(f"finished in {(time.time() - start) / 60:.1f} min; executed notebooks in {results / 'notebooks'}")
     if failed:
         print("FAILED:\n  " + "\n  ".join(failed), file=sys.stderr)
     return 1 if failed else 0
+
+
+def triage(plan: list[Job], study: Study, args, failed: list[str]) -> tuple[list[Job], int]:
+    """The executions still to do, and how many are finished; runs that cannot be executed go to `failed`."""
+    pending, finished = [], 0
+    for job in plan:
+        state = study.status(job.spec) if job.spec else "summary"
+        if state in ("differs", "damaged") and not args.force:
+            failed.append(f"{job.notebook} {job.params}: {problem(study, job.spec, state)}")
+        elif state == "running":
+            print(f"{job.notebook} {job.params}: another process is computing it; skipped")
+        elif state == "done" and not args.force and notebook_finished(output_path(study.results, job)):
+            finished += 1
+        else:
+            pending.append(job)
+    return pending, finished
+
+
+def parameters(args, study: Study, job: Job, results_dir: str | None = None) -> dict:
+    """The notebook's parameters; `results_dir` where it writes (default: the study's, as the repository sees it)."""
+    where = results_dir or relative(study.results)
+    if job.spec is None:
+        return {"results_dir": where, "quick": args.quick}
+    return {"device": str(args.device), "precision": study.hp.precision, "quick": args.quick, "results_dir": where,
+            "progress": False, "force": args.force, **job.params}
+
+
+def run_sequential(args, pending: list[Job], study: Study, failed: list[str]) -> int:
+    """One execution after another in this process's kernels; returns how many finished."""
+    finished, start, trained_epochs = 0, time.time(), 0
+    for i, job in enumerate(pending, 1):
+        todo = [j.spec for j in pending[i - 1:] if j.spec]
+        left = study.epochs_left(todo)
+        elapsed = time.time() - start
+        eta = f"{left * elapsed / trained_epochs / 60:.0f} min" if trained_epochs else "after the first run"
+        print(f"[{i}/{len(pending)}] {job.notebook} {job.params or ''} · {left} epochs to train · "
+              f"{elapsed / 60:.0f} min so far · ETA {eta}", flush=True)
+        t0 = time.time()
+        try:
+            execute(job, output_path(study.results, job), parameters(args, study, job))
+            result = "ok"
+            finished += 1
+        except Exception as e:  # a failed run is logged and the others go on; its checkpoints are kept
+            failed.append(f"{job.notebook} {job.params}: {type(e).__name__}: {str(e).strip().splitlines()[-1:]}")
+            result = "failed"
+        trained_epochs += left - study.epochs_left([s for s in todo if s != job.spec or study.status(s) != "done"])
+        log_timing(study.results, timing_row(job, time.time() - t0, result))
+    return finished
+
+
+def timing_row(job: Job, seconds: float, result: str, where: str = "") -> dict:
+    return {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "notebook": job.notebook,
+            "params": job.params, "seconds": round(seconds, 1), "status": result, "where": where}
+
+
+# ----------------------------------------------------------------------------- in parallel, on Ray
+# The command's machine (the driver) decides what runs, trains each shared phase 0 once as a task of its own before
+# the arms that need it, and is the only writer of results/: a worker on another machine runs its notebook in a
+# scratch folder and sends back what it wrote. A worker on the driver's own machine writes in place, so an
+# interrupted run there resumes from its last phase, as in the sequential runner.
+
+def run_parallel(args, pending: list[Job], study: Study, failed: list[str]) -> int:
+    """Up to --workers executions at once on Ray; the summary last, here. Returns how many finished."""
+    import ray
+    from tqdm.auto import tqdm
+    excludes = ["/data", "/results*", "**/*.pt", "**/*.npz", "**/.locks"]  # the code travels, not results
+    ray.init(address=args.address, runtime_env={"working_dir": str(H.ROOT), "excludes": excludes},
+             include_dashboard=False, log_to_driver=False, configure_logging=False,
+             **({} if args.address else {"num_cpus": args.workers * (args.threads_per_run or 1)}))
+    try:
+        return schedule(ray, args, pending, study, failed, tqdm)
+    finally:
+        ray.shutdown()
+
+
+def schedule(ray, args, pending: list[Job], study: Study, failed: list[str], tqdm) -> int:
+    env = {k: os.environ[k] for k in ("CIFAR10_DATA", "LTH_BATCH", "OMP_NUM_THREADS") if k in os.environ}
+    resources = {"num_cpus": args.threads_per_run or 1, "num_gpus": args.gpus_per_run}
+    run_task = ray.remote(max_retries=0)(remote_execute).options(**resources)
+    phase0_task = ray.remote(max_retries=0)(remote_phase0).options(**resources)
+    here = ray.get_runtime_context().get_node_id()
+    runs = [j for j in pending if j.spec]
+    groups = {}  # phase 0 not on disk yet -> the runs that wait for it
+    for job in runs:
+        if job.spec.rounds and not H.phase0_path(study.results, job.spec).exists():
+            groups.setdefault(job.spec.phase0_name, []).append(job)
+    ready = [j for j in runs if not any(j in g for g in groups.values())]
+    queue = [phase0_task.remote(g[0].spec, study.hp, args.quick, str(args.device), env) for g in groups.values()]
+    waiting = dict(zip(queue, groups))
+    in_flight, finished = {}, 0
+    bar = tqdm(total=study.epochs_left([j.spec for j in runs]), unit="epoch", desc="study", smoothing=0)
+    print(f"Ray: {len(runs)} runs, {len(groups)} shared phase 0 first; up to {args.workers} at once; "
+          f"precision {study.hp.precision}", flush=True)
+    while ready or in_flight or waiting:
+        while ready and len(in_flight) + len(waiting) < args.workers:
+            job = ready.pop(0)
+            inputs = {relative_to(study.results, p): p.read_bytes() for p in inputs_of(study, job.spec)}
+            ref = run_task.remote(job, parameters(args, study, job), inputs, here, str(study.results.resolve()),
+                                  relative(output_path(study.results, job)), env)
+            in_flight[ref] = (job, time.time())
+        done, _ = ray.wait([*in_flight, *waiting], num_returns=1)
+        ref = done[0]
+        if ref in waiting:
+            name = waiting.pop(ref)
+            try:
+                H.atomic_write(H.phase0_path(study.results, groups[name][0].spec),
+                               lambda f, data=ray.get(ref): f.write_bytes(data))
+                bar.update(groups[name][0].spec.epochs)
+                ready += groups.pop(name)
+            except Exception as e:
+                failed += [f"{j.notebook} {j.params}: phase 0 failed: {short(e)}" for j in groups.pop(name)]
+            continue
+        job, t0 = in_flight.pop(ref)
+        try:
+            out = ray.get(ref)
+            for rel, data in out["files"].items():  # the driver is the only writer of results/
+                H.atomic_write(study.results / rel, lambda f, data=data: f.write_bytes(data))
+            result, where = "ok", out["where"]
+            finished += 1
+        except Exception as e:
+            failed.append(f"{job.notebook} {job.params}: {short(e)}")
+            result, where = "failed", "?"
+        bar.update(job.spec.epochs * job.spec.rounds if job.spec.rounds else job.spec.epochs)
+        tqdm.write(f"{result:6s} {job.notebook} {job.params} on {where} in {time.time() - t0:.0f} s")
+        log_timing(study.results, timing_row(job, time.time() - t0, result, where))
+    bar.close()
+    for job in [j for j in pending if j.spec is None]:  # the summary reads everything: last, here
+        t0 = time.time()
+        execute(job, output_path(study.results, job), parameters(args, study, job))
+        log_timing(study.results, timing_row(job, time.time() - t0, "ok", "driver"))
+        finished += 1
+    return finished
+
+
+def inputs_of(study: Study, spec: H.RunSpec) -> list[Path]:
+    """What a run on another machine needs from results/: its phase 0, its checkpoint if interrupted, the records
+    its notebook's figures read."""
+    paths = [H.phase0_path(study.results, spec), H.checkpoint_path(study.results, spec)]
+    return [p for p in paths if p.exists()] + sorted(study.results.glob("runs/*/*.json"))
+
+
+def relative_to(root: Path, path: Path) -> str:
+    return str(path.relative_to(root))
+
+
+def short(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+
+
+def remote_phase0(spec: H.RunSpec, hp: H.HParams, quick: bool, device: str, env: dict) -> bytes:
+    """A Ray task: the dense phase 0 that a group of runs shares, trained once; returns the checkpoint's bytes."""
+    os.environ.update(env)
+    torch.set_num_threads(int(env.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    scratch = Path(tempfile.mkdtemp(prefix="lth-phase0-"))
+    dev = H.resolve_device(device)
+    H.dense_phase(spec, H.load_data(None, quick).to(dev), dev, scratch, hp, False, lambda *a: None)
+    return H.phase0_path(scratch, spec).read_bytes()
+
+
+def remote_execute(job: Job, params: dict, inputs: dict[str, bytes], driver_node: str, results: str,
+                   recorded_as: str, env: dict) -> dict:
+    """A Ray task: one notebook execution. On the driver's machine it writes in place (and so resumes in place);
+    elsewhere it runs in a scratch folder seeded with `inputs` and returns every file it wrote there."""
+    import ray
+    os.environ.update(env)
+    node = ray.get_runtime_context().get_node_id()
+    where = f"{platform.node()} ({'driver' if node == driver_node else 'node ' + node[:8]}, pid {os.getpid()})"
+    out = output_path(Path(results), job)
+    if node == driver_node:
+        execute(job, out, {**params, "results_dir": results}, recorded_as)
+        return {"where": where, "files": {}}
+    scratch = Path(tempfile.mkdtemp(prefix="lth-run-"))
+    for rel, data in inputs.items():
+        (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+        (scratch / rel).write_bytes(data)
+    before = {p: p.stat().st_mtime_ns for p in scratch.rglob("*") if p.is_file()}
+    execute(job, output_path(scratch, job), {**params, "results_dir": str(scratch)}, recorded_as)
+    wrote = [p for p in scratch.rglob("*") if p.is_file() and before.get(p) != p.stat().st_mtime_ns
+             and ".locks" not in p.parts and "checkpoints" not in p.parts[len(scratch.parts):][:1]]
+    return {"where": where, "files": {str(p.relative_to(scratch)): p.read_bytes() for p in wrote}}
 
 
 def problem(study: Study, spec: H.RunSpec, state: str) -> str:

@@ -10,7 +10,8 @@ which is what an epoch of the notebooks does. Each measurement runs in its own s
 so that its peak memory is its own; the variants alternate (a, b, a, b, ...) and the medians are compared.
 
 (a) project: `helpers.train` as the notebooks call it: uint8 data resident on the device, crop + flip as one
-    batched gather, bf16 autocast, channels_last, no host sync inside the epoch; on the CPU glibc keeps freed memory.
+    batched gather, the precision "auto" picks on this device (its row says which), channels_last, no host sync
+    inside the epoch; on the CPU glibc keeps freed memory. The --switches rows show each precision beside it.
 (b) reference: `torchvision.datasets.CIFAR10` with Compose([RandomCrop(32, padding=4), RandomHorizontalFlip(),
     ToTensor(), Normalize]) per image through PIL, a DataLoader (shuffle, 2 workers), float32, default memory
     format, `loss.item()` every step; the same CNN, optimiser, schedule, batch size and number of images.
@@ -39,15 +40,16 @@ VARIANTS = {  # name -> (path, HParams overrides, torch.compile, glibc keeps fre
     "project": ("project", {}, False, True),
 }
 SWITCHES = {  # the fast path's switches, added one at a time from the reference's float32, NCHW, batch 512
-    "tensor data path, fp32, NCHW": ("project", dict(bf16=False, channels_last=False), False, False),
-    "+ channels_last, fp32": ("project", dict(bf16=False), False, False),
-    "+ bf16 autocast": ("project", {}, False, False),
-    "+ glibc keeps freed memory (= project)": ("project", {}, False, True),
+    "tensor data path, fp32, NCHW": ("project", dict(precision="fp32", channels_last=False), False, False),
+    "+ channels_last, fp32": ("project", dict(precision="fp32"), False, False),
+    "+ glibc keeps freed memory, fp32": ("project", dict(precision="fp32"), False, True),
+    "the same, bf16 autocast": ("project", dict(precision="bf16"), False, True),
+    "the same, fp16 autocast + GradScaler": ("project", dict(precision="fp16"), False, True),
     "project at batch 128": ("project", dict(batch_size=128), False, True),
     "project + torch.compile": ("project", {}, True, True),
     "reference + glibc keeps freed memory": ("reference", {}, False, True),
 }
-CPU_ONLY = ("+ glibc keeps freed memory (= project)", "reference + glibc keeps freed memory")  # CUDA: no-ops
+CPU_ONLY = ("reference + glibc keeps freed memory",)  # a no-op on CUDA
 
 
 def load(args) -> H.Data:
@@ -139,12 +141,15 @@ def measure(args) -> dict:
     peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda" else
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
     return {"images_per_s": args.images // hp.batch_size * hp.batch_size / seconds, "peak_mib": peak,
-            "data": data.source["description"]}
+            "data": data.source["description"],
+            "precision": H.resolve_hparams(hp, dev).precision if path == "project" else "fp32"}
 
 
-def worker(variant: str, dev: torch.device) -> dict:
+def worker(variant: str, dev: torch.device, args) -> dict:
     """Measure one variant in a fresh process (its peak memory is its own); the arguments are this script's."""
-    forward = [a for a in sys.argv[1:] if a != "--switches"]
+    forward = ["--images", str(args.images), "--batch-size", str(args.batch_size)]
+    forward += ["--data-dir", args.data_dir] if args.data_dir else []
+    forward += ["--accuracy", str(args.accuracy)] if args.accuracy else []
     out = subprocess.run([sys.executable, __file__, *forward, "--device", str(dev), "--worker", variant],
                          capture_output=True, text=True)
     if out.returncode:
@@ -159,6 +164,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=H.HParams.batch_size)
     p.add_argument("--repeats", type=int, default=3, help="measurements of each variant (default 3)")
     p.add_argument("--switches", action="store_true", help="also measure each switch of the fast path on its own")
+    p.add_argument("--variants", nargs="+", metavar="ROW", help="measure only these rows (and the reference), "
+                   "named as in the table, e.g. project 'the same, bf16 autocast'")
     p.add_argument("--accuracy", type=int, metavar="EPOCHS",
                    help="instead of speed: train each path for EPOCHS epochs and compare validation accuracy")
     p.add_argument("--data-dir", help="CIFAR-10 folder or .npz (default: $CIFAR10_DATA, else ./data, else random)")
@@ -172,6 +179,9 @@ def main() -> int:
                         ("--accuracy", args.accuracy or 1)):
         if value < 1:
             p.error(f"{name} {value}: must be at least 1")
+    unknown = set(args.variants or []) - set(VARIANTS) - set(SWITCHES)
+    if unknown:
+        p.error(f"--variants {sorted(unknown)}: unknown; choose from {', '.join(map(repr, [*VARIANTS, *SWITCHES]))}")
     if args.images < args.batch_size:
         p.error(f"--images {args.images} is fewer than one batch of {args.batch_size}")
     try:
@@ -192,28 +202,30 @@ def main() -> int:
 
 def compare_speed(args, dev: torch.device) -> int:
     switches = [v for v in SWITCHES if dev.type == "cpu" or v not in CPU_ONLY] if args.switches else []
-    variants = list(VARIANTS) + switches
+    variants = ["reference", *[v for v in args.variants if v != "reference"]] if args.variants else \
+        list(VARIANTS) + switches
     print(f"settings: {args.images} training + {args.images // 5} test images an epoch, batch {args.batch_size}, "
           f"{args.repeats} repeats, alternating {', '.join(variants)}")
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for rep in range(args.repeats):
         for v in variants:
-            runs[v].append(worker(v, dev))
+            runs[v].append(worker(v, dev, args))
             print(f"  repeat {rep + 1} {v}: {runs[v][-1]['images_per_s']:.0f} img/s", flush=True)
     print(f"data: {runs[variants[0]][0]['data']}")
     ref = statistics.median(r["images_per_s"] for r in runs["reference"])
     memory = "peak GPU memory" if dev.type == "cuda" else "peak RSS, main process"
-    print(f"\n| path | images/s (median of {args.repeats}) | vs reference | {memory} (MiB) |\n| --- | --- | --- | --- |")
+    print(f"\n| path | precision | images/s (median of {args.repeats}) | vs reference | {memory} (MiB) |\n"
+          "| --- | --- | --- | --- | --- |")
     for v, rs in runs.items():
         speed = statistics.median(r["images_per_s"] for r in rs)
-        print(f"| {v} | {speed:.0f} | {speed / ref:.2f}x | {max(r['peak_mib'] for r in rs):.0f} |")
+        print(f"| {v} | {rs[0]['precision']} | {speed:.0f} | {speed / ref:.2f}x | {max(r['peak_mib'] for r in rs):.0f} |")
     return 0
 
 
 def compare_accuracy(args, dev: torch.device) -> int:
     print(f"settings: {args.accuracy} epochs on {args.images} training images, validation on {args.images // 5}, "
           f"batch {args.batch_size}, the same initial weights (seed 0)")
-    runs = {v: worker(v, dev) for v in VARIANTS}
+    runs = {v: worker(v, dev, args) for v in VARIANTS}
     print(f"data: {runs['reference']['data']}")
     print(f"\n| path | val acc after {args.accuracy} epochs | seconds |\n| --- | --- | --- |")
     for v, r in runs.items():

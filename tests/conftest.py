@@ -1,3 +1,5 @@
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,3 +38,27 @@ def data(fake_npz) -> H.Data:
 
 
 FAST = H.HParams(batch_size=64, lr=0.05)  # the fake set's 256 images make 4 steps an epoch
+
+
+def run_all(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(H.ROOT / "run_all.py"), *args], capture_output=True, text=True,
+                          cwd=H.ROOT, **kw)
+
+
+def comparable(results: Path) -> dict[str, dict]:
+    """Every record under `results`, less what differs between identical runs: timings and where they ran."""
+    out = {}
+    for path in sorted(results.glob("runs/*/*.json")):
+        r = json.loads(path.read_text())
+        out[r["name"]] = {**{k: v for k, v in r.items() if k not in ("seconds", "device")},
+                          "history": [{k: v for k, v in e.items() if k != "seconds"} for e in r["history"]]}
+    return out
+
+
+@pytest.fixture(scope="session")
+def quick_study(tmp_path_factory) -> tuple[list[str], Path, subprocess.CompletedProcess]:
+    """The whole study, --quick, sequential, on fake data: its options, results folder and output; run once."""
+    tmp = tmp_path_factory.mktemp("quick")
+    np.savez(tmp / "cifar10.npz", **fake_arrays(n_train=600, n_test=200))
+    common = ["--quick", "--data-dir", str(tmp / "cifar10.npz"), "--threads-per-run", "2"]
+    return common, tmp / "results", run_all(*common, "--results-dir", str(tmp / "results"), timeout=900)

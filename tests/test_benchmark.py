@@ -12,6 +12,7 @@ def test_speed_benchmark_prints_both_paths_and_the_ratio(tmp_path):
     rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ")}
     assert {"reference", "project"} <= set(rows)
     assert "| 1.00x |" in rows["reference"] and "random images of CIFAR-10's shape" in out.stdout
+    assert rows["project"].split("|")[2].strip() == H.pick_precision(H.resolve_device("cpu"))
 
 
 def test_speed_benchmark_rejects_bad_options():

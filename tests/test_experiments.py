@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import nbformat
 import numpy as np
@@ -8,7 +6,7 @@ import pytest
 import torch
 
 import helpers as H
-from conftest import FAST, fake_arrays
+from conftest import FAST, run_all
 
 ROOT = H.ROOT
 
@@ -124,11 +122,6 @@ def test_bad_run_parameters_name_the_parameter():
         H.RunSpec.of("lotery")
 
 
-def run_all(*args, **kw):
-    return subprocess.run([sys.executable, str(ROOT / "run_all.py"), *args], capture_output=True, text=True,
-                          cwd=ROOT, **kw)
-
-
 def test_run_all_rejects_bad_options():
     out = run_all("--only", "02_lotery")
     assert out.returncode == 2 and "unknown notebook(s) ['02_lotery']" in out.stderr
@@ -136,26 +129,80 @@ def test_run_all_rejects_bad_options():
     assert out.returncode == 2 and "device='tpu'" in out.stderr
 
 
-def test_run_all_quick_executes_every_notebook_without_errors(tmp_path):
-    np.savez(tmp_path / "cifar10.npz", **fake_arrays(n_train=600, n_test=200))
-    results = tmp_path / "results"
-    common = ["--quick", "--data-dir", str(tmp_path / "cifar10.npz"), "--results-dir", str(results)]
-    out = run_all(*common, timeout=900)
+def test_run_all_quick_executes_every_notebook_without_errors(quick_study):
+    common, results, out = quick_study
+    common = [*common, "--results-dir", str(results)]
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     executed = sorted((results / "notebooks").glob("*.ipynb"))
     assert {p.name.split("__")[0].removesuffix(".ipynb") for p in executed} == set(
         p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
-    assert len(executed) == 21
+    import run_all as R
+    runs = sum(len(sets) for experiment, sets in R.PLAN.values() if experiment)
+    assert len(executed) == runs + 1
     for path in executed:
         nb = nbformat.read(path, as_version=4)
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
         assert not errors, path.name
-    assert len(list((results / "runs").glob("*/*.json"))) == 20
+        assert "widgets" not in nb.metadata and str(ROOT) not in path.read_text(), path.name
+    assert len(list((results / "runs").glob("*/*.json"))) == runs
     assert len(list((results / "figures").glob("*.png"))) >= 6
     listing = run_all(*common, "--list")
-    assert listing.returncode == 0 and listing.stdout.count("done ") == 20 and "0 epochs to train" in listing.stdout
-    seeds = run_all(*common, "--seeds", "2", "--only", "02_lottery_sweep", "06_summary", timeout=600)
+    assert listing.returncode == 0 and listing.stdout.count("done ") == runs and "0 epochs to train" in listing.stdout
+
+
+def test_more_seeds_give_the_summary_a_range(quick_study):
+    common, results, _ = quick_study
+    seeds = run_all(*common, "--results-dir", str(results), "--seeds", "2", "--only", "02_lottery_sweep:rounds=5",
+                    "06_summary", timeout=600)
     assert seeds.returncode == 0, seeds.stdout[-3000:] + seeds.stderr[-3000:]
     assert len(list((results / "runs" / "lottery").glob("*_seed1.json"))) == 5
     summary = nbformat.read(results / "notebooks" / "06_summary.ipynb", as_version=4)
     assert "(range " in "".join(o.get("text", "") for c in summary.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def fake_record(experiment: str, acc: float, phase0: float = 0.75, **params) -> dict:
+    spec = H.RunSpec.of(experiment, **params)
+    history = [{"round": 0, "val_acc": phase0, "sparsity": 0.0, "seconds": 1.0}] + [
+        {"round": r, "val_acc": acc, "sparsity": H.round_sparsities(spec.sparsity, spec.rounds)[r - 1],
+         "seconds": 1.0} for r in range(1, spec.rounds + 1)]
+    return {"experiment": experiment, "name": spec.name, "params": vars(spec), "final_val_acc": acc,
+            "final_sparsity": spec.sparsity, "history": history, "device": "cpu: test"}
+
+
+def test_findings_compute_gap_range_and_whether_it_exceeds_the_seed_range():
+    records = [fake_record("lottery", a, sparsity=0.5, seed=s) for s, a in enumerate((0.80, 0.82, 0.81))]
+    records += [fake_record("random", a, sparsity=0.5, seed=s) for s, a in enumerate((0.75, 0.76, 0.77))]
+    records += [fake_record("lottery", a, sparsity=0.2, seed=s) for s, a in enumerate((0.78, 0.80))]
+    records += [fake_record("random", a, sparsity=0.2, seed=s) for s, a in enumerate((0.79, 0.77))]
+    records += [fake_record("reinit", 0.78, sparsity=0.5)]
+    text = "\n".join(H.findings(records))
+    assert ("Sparsity 50%: lottery 81.00% (range 80.00%-82.00%, 3 seeds), random 76.00% (range 75.00%-77.00%, "
+            "3 seeds): the ticket leads by +5.00 points, beyond the seed range (the ranges do not overlap)") in text
+    assert ("Sparsity 20%: lottery 79.00% (range 78.00%-80.00%, 2 seeds), random 78.00% (range 77.00%-79.00%, "
+            "2 seeds): the ticket leads by +1.00 points, within the seed range (the ranges overlap)") in text
+    assert ("Re-initialised survivors at 50%: 78.00% (1 seed), -3.00 points against the rewound ticket (one seed: "
+            "no range to judge it against)") in text
+    assert "Dense network after phase 0 (5 epochs, the fair reference): 75.00% (range 75.00%-75.00%, 3 seeds)" in text
+
+
+def test_the_classic_curve_finds_where_each_arm_falls_two_points_below_phase0():
+    classic = dict(H.CLASSIC)
+    lottery = fake_record("lottery", 0.74, **classic)
+    random = fake_record("random", 0.60, **classic)
+    for e in random["history"][1:]:  # random pruning falls below 73% from round 4 on (0.8^4: 41% of the weights left)
+        e["val_acc"] = 0.76 if e["round"] < 4 else 0.60
+    text = "\n".join(H.findings([lottery, random]))
+    assert "lottery: never more than 2 points below it, down to 5.5% of the weights left (74.00%)" in text
+    assert "random: first more than 2 points below the dense phase 0 at 41.0% of the weights left (60.00%)" in text
+    ax = H.plot_classic(H.classic_curve([lottery, random]))
+    assert ax.get_xscale() == "log" and ax.get_xlim() == (100, 5)
+
+
+def test_the_readme_results_are_rewritten_between_their_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results: written by notebooks/06_summary.ipynb from the records -->\nold\n"
+                      "<!-- end of results -->\noutro\n")
+    H.write_readme_results(H.results_markdown([fake_record("lottery", 0.8, sparsity=0.5)]), readme)
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+    assert "| lottery p=0.5 R=5 E=5 | 80.00% | 1 | 75.00% | 0.5000 |" in text
