@@ -895,6 +895,37 @@ def load_masks(results_dir: Path | str, spec: RunSpec) -> dict[int, Masks]:
     return dict(sorted(out.items()))
 
 
+def replay_random_masks(spec: RunSpec) -> dict[int, Masks]:
+    """A random-pruning run's masks after every round, rebuilt without training: its scores are draws of the round's
+    generator, whatever the weights (used for runs saved before masks were kept)."""
+    if spec.strategy != "random":
+        raise ValueError(f"strategy={spec.strategy!r}: only random pruning's masks can be rebuilt without training; "
+                         "magnitude masks need the trained weights (run it again with force=True).")
+    model = build_model(spec)
+    masks, out = dense_masks(model), {}
+    for r in range(1, spec.rounds + 1):
+        gen = torch.Generator().manual_seed(phase_seed(spec.seed, r))
+        masks = out[r] = prune(model, masks, round_sparsities(spec.sparsity, spec.rounds)[r - 1], spec.strategy,
+                               spec.scope, gen)
+    return out
+
+
+def overlap(a: Masks, b: Masks) -> dict[str, float]:
+    """How much two masks keep the same weights: the fraction of a's survivors that b keeps too, and the Jaccard
+    index of the two survivor sets, each beside its value for independent masks with the same per-layer counts."""
+    both = sum(int((a[k] & b[k]).sum()) for k in a)
+    na, nb = sum(int(a[k].sum()) for k in a), sum(int(b[k].sum()) for k in a)
+    chance = sum(int(a[k].sum()) * int(b[k].sum()) / a[k].numel() for k in a)
+    return {"shared": both / na, "shared_chance": chance / na,
+            "jaccard": both / (na + nb - both), "jaccard_chance": chance / (na + nb - chance)}
+
+
+def one_shot_masks(weights: dict[str, torch.Tensor], sparsity: float) -> Masks:
+    """Magnitude masks pruning `sparsity` of every layer at once: what a one-shot prune of `weights` would keep."""
+    return {k: keep_top(w.abs().float(), w.numel() - round(sparsity * w.numel()), torch.ones_like(w, dtype=torch.bool))
+            for k, w in weights.items()}
+
+
 def build_model(spec: RunSpec) -> CNN:
     """The initial network theta0 of a run: a function of the seed alone."""
     torch.manual_seed(spec.seed)
@@ -1260,3 +1291,165 @@ def plot_classic(curve, ax=None):
     ax.set(ylabel="validation accuracy at the end of the round", title="Iterative pruning to 5% of the weights")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     return ax
+
+
+# ----------------------------------------------------------------------------- the explorer's views (07_explore)
+# Each view draws from saved runs only (records, masks, phase 0) and returns a figure; `choice` says what to draw:
+# arms (experiments), sparsity (None: all), model (model_label), seeds ("mean" with range, or "each"), seed.
+
+ARMS = tuple(e for e, defaults in EXPERIMENTS.items() if defaults.get("rounds") != 0)
+
+
+def default_choice(records: list[dict]) -> dict:
+    pruned = [r for r in records if r["experiment"] in ARMS]
+    sparsities = sorted({r["params"]["sparsity"] for r in pruned})
+    return {"arms": ["lottery", "random", "reinit"], "sparsity": 0.5 if 0.5 in sparsities else None,
+            "model": model_label(RunSpec.of("lottery", sparsity=0.5).__dict__), "seeds": "mean", "seed": 0}
+
+
+def chosen(records: list[dict], choice: dict) -> list[dict]:
+    return [r for r in records if r["experiment"] in choice["arms"] and model_label(r["params"]) == choice["model"]
+            and (choice["sparsity"] is None or np.isclose(r["params"]["sparsity"], choice["sparsity"]))]
+
+
+def _figure(title: str, message: str | None = None):
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.set_title(title)
+    if message:
+        ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
+        ax.set_axis_off()
+    return fig, ax
+
+
+def view_curves(records: list[dict], results_dir: Path | str, choice: dict):
+    import seaborn as sns
+    runs = chosen(records, choice)
+    fig, ax = _figure("Validation accuracy against cumulative epoch", None if runs else "no runs for this choice")
+    if runs:
+        h = history_table(runs)
+        each = dict(units="seed", estimator=None) if choice["seeds"] == "each" else dict(errorbar=("pi", 100))
+        sns.lineplot(data=h, x="cum_epoch", y="val_acc", hue="experiment", style="sparsity", ax=ax, **each)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    return fig
+
+
+def view_final(records: list[dict], results_dir: Path | str, choice: dict):
+    import seaborn as sns
+    runs = chosen(records, {**choice, "sparsity": None})
+    fig, ax = _figure("Final validation accuracy against sparsity", None if runs else "no runs for this choice")
+    if runs:
+        each = dict(units="seed", estimator=None) if choice["seeds"] == "each" else dict(errorbar=("pi", 100))
+        sns.lineplot(data=runs_table(runs), x="sparsity", y="final_val_acc", hue="experiment", marker="o", ax=ax,
+                     **each)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
+
+
+def view_layers(records: list[dict], results_dir: Path | str, choice: dict):
+    import pandas as pd
+    import seaborn as sns
+    runs = chosen(records, choice)
+    fig, ax = _figure("Sparsity of each layer at the end of the run", None if runs else "no runs for this choice")
+    if runs:
+        rows = [{"experiment": r["experiment"], "sparsity": r["params"]["sparsity"], "layer": k.removesuffix(".weight"),
+                 "layer sparsity": v} for r in runs for k, v in r["history"][-1]["layer_sparsity"].items()]
+        sns.barplot(data=pd.DataFrame(rows), x="layer", y="layer sparsity", hue="experiment", errorbar=("pi", 100),
+                    ax=ax)
+        ax.tick_params(axis="x", rotation=45)
+    return fig
+
+
+def _with_masks(records: list[dict], results_dir: Path | str, choice: dict) -> dict[str, tuple[dict, dict]]:
+    """The chosen runs (at choice['seed']) whose masks were saved: experiment -> (record, {round: masks})."""
+    out = {}
+    for r in chosen(records, choice):
+        spec = RunSpec(**r["params"])
+        if spec.seed == choice["seed"] and masks_path(results_dir, spec).exists() and r["experiment"] not in out:
+            out[r["experiment"]] = (r, load_masks(results_dir, spec))
+    return out
+
+
+def view_init_magnitudes(records: list[dict], results_dir: Path | str, choice: dict):
+    import pandas as pd
+    import seaborn as sns
+    runs = _with_masks(records, results_dir, choice)
+    fig, ax = _figure("|θ0| of the weights each mask kept and pruned (relative to the layer's largest)",
+                      None if runs else "no saved masks for this choice (runs from before masks were kept)")
+    rows = []
+    for arm, (r, masks) in runs.items():
+        theta0 = torch.load(phase0_path(results_dir, RunSpec(**r["params"])), map_location="cpu")["theta0"]
+        final = masks[max(masks)]
+        for k, m in final.items():
+            w = theta0[k].abs() / theta0[k].abs().max()
+            rows += [{"arm": arm, "kept": kept, "|θ0|": float(v)} for kept, vals in (("kept", w[m]), ("pruned", w[~m]))
+                     for v in vals[torch.randperm(len(vals), generator=torch.Generator().manual_seed(0))[:2000]]]
+    if rows:
+        df = pd.DataFrame(rows)
+        df["mask"] = df.arm + ", " + df.kept
+        sns.kdeplot(data=df, x="|θ0|", hue="mask", common_norm=False, ax=ax, clip=(0, 1))
+    return fig
+
+
+def view_overlap(records: list[dict], results_dir: Path | str, choice: dict):
+    """Mask overlap (fraction of the first mask's survivors the second keeps), each beside its chance value."""
+    import pandas as pd
+    import seaborn as sns
+    runs = _with_masks(records, results_dir, choice)
+    rows = []
+    if "lottery" in runs and "random" in runs:
+        rows.append(("lottery vs random, same sparsity", overlap(*(runs[a][1][max(runs[a][1])] for a in ("lottery",
+                                                                                                       "random")))))
+    for arm, (r, masks) in runs.items():
+        final = masks[max(masks)]
+        # Masks nest (a round prunes only survivors), so a ticket against its own earlier masks says nothing; what
+        # round 1 would have kept, pruning to p at once from the same weights, says how early the ticket was chosen.
+        if r["params"]["strategy"] == "magnitude":
+            state = torch.load(phase0_path(results_dir, RunSpec(**r["params"])), map_location="cpu")["state"]
+            rows.append((f"{arm} vs one-shot at round 1", overlap(final, one_shot_masks(
+                {k: state[k] for k in final}, r["params"]["sparsity"]))))
+    for arm in runs:  # the same arm's ticket across seeds, where several seeds saved masks
+        others = [r for r in chosen(records, {**choice, "arms": [arm]}) if r["params"]["seed"] != choice["seed"]
+                  and masks_path(results_dir, RunSpec(**r["params"])).exists()]
+        for o in others:
+            m = load_masks(results_dir, RunSpec(**o["params"]))
+            rows.append((f"{arm}: seed {choice['seed']} vs seed {o['params']['seed']}",
+                         overlap(runs[arm][1][max(runs[arm][1])], m[max(m)])))
+    fig, ax = _figure("Mask overlap: shared survivors, against chance",
+                      None if rows else "no saved masks for this choice (runs from before masks were kept)")
+    if rows:
+        df = pd.DataFrame([{"comparison": name, "value": o[key], "what": what} for name, o in rows
+                           for key, what in (("shared", "measured"), ("shared_chance", "chance"))])
+        sns.barplot(data=df, y="comparison", x="value", hue="what", ax=ax)
+        ax.set(xlim=(0, 1), xlabel="fraction of survivors shared")
+    return fig
+
+
+def mask_findings(records: list[dict], results_dir: Path | str, sparsity: float = 0.5) -> list[str]:
+    """Findings from the saved masks at `sparsity`, per seed that has them: lottery against random, and how much of
+    the ticket a one-shot prune at round 1 would already have chosen; each beside its chance value."""
+    out = []
+    for seed in sorted({r["params"]["seed"] for r in records}):
+        runs = _with_masks(records, results_dir, {**default_choice(records), "sparsity": sparsity, "seed": seed,
+                                                  "arms": ["lottery", "random"]})
+        if "lottery" not in runs:
+            continue
+        r, masks = runs["lottery"]
+        final = masks[max(masks)]
+        if "random" in runs:
+            o = overlap(final, runs["random"][1][max(runs["random"][1])])
+            out.append(f"Seed {seed}, {sparsity:.0%}: the ticket and random pruning share {o['shared']:.1%} of their "
+                       f"survivors (chance {o['shared_chance']:.1%}; Jaccard {o['jaccard']:.3f}, chance "
+                       f"{o['jaccard_chance']:.3f}).")
+        state = torch.load(phase0_path(results_dir, RunSpec(**r["params"])), map_location="cpu")["state"]
+        o = overlap(final, one_shot_masks({k: state[k] for k in final}, sparsity))
+        out.append(f"Seed {seed}, {sparsity:.0%}: {o['shared']:.1%} of the ticket's survivors after {max(masks)} "
+                   f"rounds are among those a one-shot prune to {sparsity:.0%} would have kept at round 1 (chance "
+                   f"{o['shared_chance']:.1%}).")
+    return out or [f"No lottery run at {sparsity:.0%} has saved masks yet (the runs made before masks were kept lack "
+                   "them; magnitude masks cannot be rebuilt without retraining)."]
+
+
+VIEWS: dict[str, Callable] = {"accuracy curves": view_curves, "final accuracy": view_final,
+                              "layer sparsity": view_layers, "initial magnitudes": view_init_magnitudes,
+                              "mask overlap": view_overlap}

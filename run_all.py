@@ -36,6 +36,7 @@ PLAN = {  # notebook -> (experiment it runs, one dict of parameters per executio
     "04_rounds_vs_epochs": ("rounds_vs_epochs", [dict(rounds=r, epochs=e) for r, e in ROUNDS_X_EPOCHS]),
     "05_random_reinit": ("reinit", [dict(), H.CLASSIC]),  # H.CLASSIC: the classic curve, to 5.5% of the weights
     "06_summary": (None, [dict()]),
+    "07_explore": (None, [dict()]),  # reads what the runs saved, trains nothing
 }
 NOTEBOOKS = H.ROOT / "notebooks"
 RAY_INSTALL = "pip install -r requirements-ray.txt"

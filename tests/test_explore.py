@@ -1,0 +1,63 @@
+"""The explorer (07): every view draws from saved runs, its widgets redraw in a real kernel, and every executed
+notebook is one GitHub renders."""
+import json
+
+import matplotlib
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+import helpers as H
+
+matplotlib.use("Agg")
+
+
+def test_every_view_returns_a_figure_from_saved_runs(quick_study):
+    _, results, out = quick_study
+    assert out.returncode == 0
+    records = H.load_records(results)
+    choice = {**H.default_choice(records), "sparsity": 0.5}
+    for name, view in H.VIEWS.items():
+        for seeds in ("mean", "each"):
+            fig = view(records, results, {**choice, "seeds": seeds})
+            assert fig.axes and fig.axes[0].get_title(), name
+            assert not any(t.get_text().startswith("no ") for t in fig.axes[0].texts), name  # it drew the runs
+    overlap = H.view_overlap(records, results, choice).axes[0]
+    labels = [t.get_text() for t in overlap.get_yticklabels()]
+    assert "lottery vs random, same sparsity" in labels and "lottery vs one-shot at round 1" in labels
+    assert any("no saved masks" in t.get_text() for t in H.view_overlap([], results, choice).axes[0].texts)
+
+
+def test_mask_findings_compare_the_ticket_with_random_and_with_round_one(quick_study):
+    _, results, _ = quick_study
+    text = "\n".join(H.mask_findings(H.load_records(results), results))
+    assert "the ticket and random pruning share" in text and "(chance 50.0%" in text
+    assert "would have kept at round 1" in text
+
+
+def test_the_explorers_widgets_redraw_in_a_live_kernel(quick_study):
+    _, results, _ = quick_study
+    nb = nbformat.read(H.ROOT / "notebooks" / "07_explore.ipynb", as_version=4)
+    params = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells[params].source = f"results_dir = {str(results)!r}\nquick = False"
+    nb.cells.append(nbformat.v4.new_code_cell(  # as a person would: change two widgets, look at what is drawn
+        "import json\n"
+        "n = len(shown)\n"
+        "controls['view'].value = 'layer sparsity'\n"
+        "controls['arms'].value = ('lottery',)\n"
+        "print(json.dumps({'redraws': len(shown) - n, 'before': shown[n - 1].axes[0].get_title(),\n"
+        "                  'after': shown[-1].axes[0].get_title(),\n"
+        "                  'legend': [t.get_text() for t in shown[-1].axes[0].get_legend().get_texts()]}))"))
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(H.ROOT)}}).execute()
+    seen = json.loads("".join(o.get("text", "") for o in nb.cells[-1].outputs))
+    assert seen == {"redraws": 2, "before": "Final validation accuracy against sparsity",
+                    "after": "Sparsity of each layer at the end of the run", "legend": ["lottery"]}
+
+
+@pytest.mark.parametrize("folder", ["results", "results_quick"])
+def test_every_executed_notebook_is_valid_and_renders_on_github(folder):
+    for path in sorted((H.ROOT / folder).glob("**/*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        widgets = nb.metadata.get("widgets")
+        assert widgets is None or all("state" in v for v in widgets.values()), path
