@@ -7,6 +7,8 @@ Resumable: a finished run is skipped, an interrupted one continues from its last
     python run_all.py --only 02_lottery_sweep 06_summary --device cuda
     python run_all.py --quick            # the whole pipeline on a tiny subset, 1 epoch a phase, in results_quick/
     python run_all.py --list             # what would run, and what is done
+    python run_all.py --workers 4 --gpus-per-run 0.25      # four runs at once on one GPU, on a local Ray
+    python run_all.py --address auto --workers 16          # on a Ray cluster started with `ray start`
 """
 from __future__ import annotations
 
@@ -68,8 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [n for n in args.only or [] if n.split(":")[0] not in PLAN]
     if unknown:
         p.error(f"unknown notebook(s) {unknown} in --only; choose from {', '.join(PLAN)}")
-    args.only = [(n.split(":")[0], dict(kv.split("=", 1) for kv in n.split(":")[1].split(",")) if ":" in n else {})
-                 for n in args.only or []]
+    try:
+        args.only = [(n.split(":")[0], dict(kv.split("=", 1) for kv in n.split(":")[1].split(",")) if ":" in n
+                      else {}) for n in args.only or []]
+    except ValueError:
+        p.error(f"--only {args.only}: write NOTEBOOK or NOTEBOOK:PARAM=VALUE[,PARAM=VALUE], e.g. "
+                "02_lottery_sweep:rounds=13")
     if args.seeds < 1:
         p.error(f"--seeds {args.seeds}: must be at least 1")
     for name in ("workers", "threads_per_run"):
@@ -104,10 +110,14 @@ def jobs(args: argparse.Namespace) -> list[Job]:
             for seed in range(args.seeds) if experiment else [None]:
                 run_params = {**params, "seed": seed} if experiment else {}
                 spec = H.RunSpec.of(experiment, quick=args.quick, **run_params) if experiment else None
-                if not args.only or any(nb == notebook and all(str(getattr(spec, k, None)) == v for k, v in where.items())
-                                        for nb, where in args.only):
+                if not args.only or any(nb == notebook and matches(spec, where) for nb, where in args.only):
                     out.append(Job(notebook, run_params, spec))
     return out
+
+
+def matches(spec: H.RunSpec | None, where: dict[str, str]) -> bool:
+    """Whether a run has every PARAM=VALUE of an --only filter (values compared as written)."""
+    return all(str(getattr(spec, k, None)) == v for k, v in where.items())
 
 
 def output_path(results: Path, job: Job) -> Path:
@@ -339,6 +349,9 @@ def run_parallel(args, pending: list[Job], study: Study, failed: list[str]) -> i
              **({} if args.address else {"num_cpus": args.workers * (args.threads_per_run or 1)}))
     try:
         return schedule(ray, args, pending, study, failed, tqdm)
+    except ValueError as e:
+        failed.append(str(e))
+        return 0
     finally:
         ray.shutdown()
 
@@ -346,6 +359,10 @@ def run_parallel(args, pending: list[Job], study: Study, failed: list[str]) -> i
 def schedule(ray, args, pending: list[Job], study: Study, failed: list[str], tqdm) -> int:
     env = {k: os.environ[k] for k in ("CIFAR10_DATA", "LTH_BATCH", "OMP_NUM_THREADS") if k in os.environ}
     resources = {"num_cpus": args.threads_per_run or 1, "num_gpus": args.gpus_per_run}
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    if not any(n.get("CPU", 0) >= resources["num_cpus"] and n.get("GPU", 0) >= resources["num_gpus"] for n in nodes):
+        raise ValueError(f"no node of the Ray cluster has {resources['num_cpus']} CPUs and {resources['num_gpus']} "
+                         f"GPU for one run (nodes: {nodes}): lower --threads-per-run or --gpus-per-run, or add nodes.")
     run_task = ray.remote(max_retries=0)(remote_execute).options(**resources)
     phase0_task = ray.remote(max_retries=0)(remote_phase0).options(**resources)
     here = ray.get_runtime_context().get_node_id()

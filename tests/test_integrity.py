@@ -110,11 +110,11 @@ def test_force_keeps_the_old_record_until_the_new_run_is_complete(data, tmp_path
 
 def test_force_with_a_mistyped_data_dir_destroys_nothing(tmp_path):
     args = quick_args(tmp_path)
-    assert run_all(*args, "--only", "05_random_reinit", timeout=600).returncode == 0
+    assert run_all(*args, "--only", "05_random_reinit:rounds=5", timeout=600).returncode == 0
     results = tmp_path / "results"
     saved = {p: p.read_bytes() for p in [*results.glob("runs/*/*"), *results.glob("notebooks/*.ipynb")]}
     out = run_all(*args[:1], "--data-dir", str(tmp_path / "cifar10.npzz"), "--results-dir", str(results),
-                  "--only", "05_random_reinit", "--force")
+                  "--only", "05_random_reinit:rounds=5", "--force")
     assert out.returncode == 2 and "cifar10.npzz" in out.stderr
     assert {p: p.read_bytes() for p in saved} == saved
 
@@ -141,7 +141,7 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(experiment, dies_
 
 def test_a_half_written_notebook_is_executed_again(tmp_path):
     args = quick_args(tmp_path)
-    assert run_all(*args, "--only", "05_random_reinit", timeout=600).returncode == 0
+    assert run_all(*args, "--only", "05_random_reinit:rounds=5", timeout=600).returncode == 0
     out = tmp_path / "results" / "notebooks" / "05_random_reinit__seed=0.ipynb"
     nb = nbformat.read(out, as_version=4)
     for cell in nb.cells[-3:]:  # as papermill leaves it when killed: the last cells never ran
@@ -151,7 +151,7 @@ def test_a_half_written_notebook_is_executed_again(tmp_path):
     nbformat.write(nb, out)
     import run_all as R
     assert not R.notebook_finished(out)
-    again = run_all(*args, "--only", "05_random_reinit", timeout=600)
+    again = run_all(*args, "--only", "05_random_reinit:rounds=5", timeout=600)
     assert again.returncode == 0 and "[1/1] 05_random_reinit" in again.stdout
     assert R.notebook_finished(out)
 
@@ -257,8 +257,8 @@ def test_an_unwritable_timing_log_does_not_stop_the_batch(tmp_path, capsys):
 
 def test_ctrl_c_ends_with_one_line_saying_how_to_resume(tmp_path):
     args = quick_args(tmp_path, n_train=2048, n_test=200)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run_all.py"), *args, "--only", "02_lottery_sweep"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_all.py"), *args, "--only",
+                             "02_lottery_sweep:rounds=5"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.time() + 120
     while not list((tmp_path / "results" / "checkpoints").glob("phase0/*.pt")) and time.time() < deadline:

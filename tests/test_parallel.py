@@ -65,15 +65,15 @@ def free_port() -> int:
 
 def test_a_two_node_cluster_runs_the_study_and_every_result_lands_here(quick_study, tmp_path):
     common, _, _ = quick_study
-    port = free_port()
+    port = free_port()  # each node fits one run of --threads-per-run 2
     head_tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     (tmp_path / "worker-cwd").mkdir()
     try:
-        subprocess.run(["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+        subprocess.run(["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
                         f"--temp-dir={head_tmp}", "--include-dashboard=false"], env=ENV, check=True,
                        capture_output=True, timeout=120)
         subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
-                        "--num-cpus=1"], env=ENV, check=True, capture_output=True, timeout=120,
+                        "--num-cpus=2"], env=ENV, check=True, capture_output=True, timeout=120,
                        cwd=tmp_path / "worker-cwd")
         out = run_all(*common, "--results-dir", str(tmp_path / "results"), "--address", f"127.0.0.1:{port}",
                       "--workers", "2", "--only", "02_lottery_sweep:rounds=5", env=ENV, timeout=900)
