@@ -1,6 +1,6 @@
 """The Lottery Ticket Hypothesis on CIFAR-10, in one file.
 
-Sections, in order: data, model, pruning, training, experiments, results, plots.
+Sections, in order: checks, data, model, pruning, training, experiments, results, plots, the explorer's views.
 Every notebook in notebooks/ is a few calls into this file.
 """
 from __future__ import annotations
