@@ -296,9 +296,9 @@ def triage(plan: list[Job], study: Study, args, failed: list[str]) -> tuple[list
     return pending, finished
 
 
-def parameters(args, study: Study, job: Job, results_dir: str | None = None) -> dict:
-    """The notebook's parameters; `results_dir` where it writes (default: the study's, as the repository sees it)."""
-    where = results_dir or relative(study.results)
+def parameters(args, study: Study, job: Job) -> dict:
+    """The notebook's parameters, writing into the study's results folder as the repository sees it."""
+    where = relative(study.results)
     if job.spec is None:
         return {"results_dir": where, "quick": args.quick}
     return {"device": str(args.device), "precision": study.hp.precision, "quick": args.quick, "results_dir": where,
@@ -321,7 +321,7 @@ def run_sequential(args, pending: list[Job], study: Study, failed: list[str]) ->
             result = "ok"
             finished += 1
         except Exception as e:  # a failed run is logged and the others go on; its checkpoints are kept
-            failed.append(f"{job.notebook} {job.params}: {type(e).__name__}: {str(e).strip().splitlines()[-1:]}")
+            failed.append(f"{job.notebook} {job.params}: {short(e)}")
             result = "failed"
         trained_epochs += left - study.epochs_left([s for s in todo if s != job.spec or study.status(s) != "done"])
         log_timing(study.results, timing_row(job, time.time() - t0, result))
@@ -381,7 +381,7 @@ def schedule(ray, args, pending: list[Job], study: Study, failed: list[str], tqd
     while ready or in_flight or waiting:
         while ready and len(in_flight) + len(waiting) < args.workers:
             job = ready.pop(0)
-            inputs = {relative_to(study.results, p): p.read_bytes() for p in inputs_of(study, job.spec)}
+            inputs = {str(p.relative_to(study.results)): p.read_bytes() for p in inputs_of(study, job.spec)}
             ref = run_task.remote(job, parameters(args, study, job), inputs, here, str(study.results.resolve()),
                                   relative(output_path(study.results, job)), env)
             in_flight[ref] = (job, time.time())
@@ -424,10 +424,6 @@ def inputs_of(study: Study, spec: H.RunSpec) -> list[Path]:
     its notebook's figures read."""
     paths = [H.phase0_path(study.results, spec), H.checkpoint_path(study.results, spec)]
     return [p for p in paths if p.exists()] + sorted(study.results.glob("runs/*/*.json"))
-
-
-def relative_to(root: Path, path: Path) -> str:
-    return str(path.relative_to(root))
 
 
 def short(e: BaseException) -> str:
