@@ -420,9 +420,9 @@ def pick_precision(dev: torch.device) -> str:
 
     CUDA: bf16 on compute capability 8.0+ (A100, L4, H100: bf16 tensor cores); below that (T4, V100) fp16 with a
     GradScaler, because `torch.cuda.is_bf16_supported()` also says yes to bf16 emulated many times slower.
-    CPU: whichever of fp32 and bf16 trains faster on this CPU. x86 without AVX-512 has no native bf16 kernels (13x
-    slower, measured); elsewhere no flag predicts it (AVX512-BF16 won on a Zen 4 and lost on a Xeon without AMX),
-    so a short timed probe decides, once per CPU model and torch version.
+    CPU: whichever of fp32 and bf16 trains faster on this CPU. x86 without AVX-512 has no bf16 kernels (bf16 runs
+    there on fp32 kernels, `Bf16Conv`, a little slower than fp32); elsewhere no flag predicts it (AVX512-BF16 won on
+    a Zen 4 and lost on a Xeon without AMX), so a short timed probe decides, once per CPU model and torch version.
     """
     if dev.type == "cuda":
         return "bf16" if torch.cuda.get_device_capability(dev)[0] >= 8 else "fp16"
@@ -465,7 +465,7 @@ def probe_speed(precision: str, batch: int = 256, steps: int = 3) -> float:
     best = math.inf
     for _ in range(steps + 1):  # the first step warms up the kernels
         start = time.perf_counter()
-        with torch.autocast("cpu", AUTOCAST[precision], enabled=AUTOCAST[precision] is not None):
+        with autocast(torch.device("cpu"), HParams(precision=precision)):
             loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -558,8 +558,67 @@ def train(model: nn.Module, data: Data, epochs: int, masks: Masks | None = None,
     return history
 
 
+@contextlib.contextmanager
 def autocast(dev: torch.device, hp: HParams):
-    return torch.autocast(dev.type, AUTOCAST[hp.precision], enabled=AUTOCAST[hp.precision] is not None)
+    dtype = AUTOCAST[hp.precision]
+    with torch.autocast(dev.type, dtype, enabled=dtype is not None):
+        if dtype is torch.bfloat16 and dev.type == "cpu" and not native_bf16_conv():
+            with Bf16ConvOnFp32Kernels():
+                yield
+        else:
+            yield
+
+
+def native_bf16_conv() -> bool:
+    """Whether PyTorch runs bf16 convolutions on oneDNN here. Without it (x86 without AVX-512) they fall back to a
+    loop of bf16 matrix products that is ~13x slower than fp32 and accumulates weight gradients in bf16."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+class Bf16Conv(torch.autograd.Function):
+    """A bf16 convolution computed by fp32 kernels: operands rounded to bf16, their products exact in fp32, summed in
+    fp32, the result rounded to bf16. That is what oneDNN's bf16 kernels compute, so bf16 runs stay comparable across
+    CPUs (tests/test_precision.py checks it against float64 sums), at fp32's speed where bf16 kernels are missing."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, stride, padding, dilation, groups):
+        xb, wb = x.to(torch.bfloat16), w.to(torch.bfloat16)
+        with torch.autocast("cpu", enabled=False):
+            out = F.conv2d(xb.float(), wb.float(), None if b is None else b.to(torch.bfloat16).float(),
+                           stride, padding, dilation, groups)
+        ctx.save_for_backward(xb, wb)  # bf16: half the memory of their fp32 copies
+        ctx.args = stride, padding, dilation, groups, None if b is None else list(b.shape), x.dtype, w.dtype
+        return out.to(torch.bfloat16)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xb, wb = ctx.saved_tensors
+        stride, padding, dilation, groups, bias_shape, x_dtype, w_dtype = ctx.args
+        pair = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]
+        with torch.autocast("cpu", enabled=False):
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                grad.float(), xb.float(), wb.float(), bias_shape, pair(stride), pair(padding), pair(dilation), False,
+                [0, 0], groups, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_shape is not None])
+        as_bf16 = lambda g, dtype: None if g is None else g.to(torch.bfloat16).to(dtype)  # as autocast's casts do
+        return as_bf16(gx, x_dtype), as_bf16(gw, w_dtype), as_bf16(gb, w_dtype), None, None, None, None
+
+
+class Bf16ConvOnFp32Kernels(torch.overrides.TorchFunctionMode):
+    """Inside bf16 autocast, sends every `F.conv2d` (hence every nn.Conv2d) through `Bf16Conv`; other ops run as
+    autocast has them. The model needs no change."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.conv2d and torch.is_autocast_enabled("cpu"):
+            x, w, b, stride, padding, dilation, groups = \
+                [*args, *(kwargs.get(k, d) for k, d in zip(CONV_ARGS[len(args):], CONV_DEFAULTS[len(args):]))]
+            if not isinstance(padding, str):  # padding="same" is left to PyTorch
+                return Bf16Conv.apply(x, w, b, stride, padding, dilation, groups)
+        return func(*args, **kwargs)
+
+
+CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+CONV_DEFAULTS = (None, None, None, 1, 0, 1, 1)
 
 
 def warmup_then_decay(total_steps: int, warmup: float) -> Callable[[int], float]:
@@ -1018,7 +1077,8 @@ def read_record(path: Path) -> dict:
 def describe_device(dev: torch.device) -> str:
     if dev.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(dev)}"
-    return f"cpu: {cpu_model()}, {torch.get_num_threads()} threads"
+    kernels = "" if native_bf16_conv() else ", bf16 convolutions on fp32 kernels (Bf16Conv)"
+    return f"cpu: {cpu_model()}, {torch.get_num_threads()} threads{kernels}"
 
 
 def versions() -> dict:

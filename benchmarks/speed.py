@@ -39,17 +39,19 @@ VARIANTS = {  # name -> (path, HParams overrides, torch.compile, glibc keeps fre
     "reference": ("reference", {}, False, False),
     "project": ("project", {}, False, True),
 }
+NATIVE_BF16 = "the same, bf16 autocast, PyTorch's bf16 convolutions"  # no Bf16Conv, even where it would step in
 SWITCHES = {  # the fast path's switches, added one at a time from the reference's float32, NCHW, batch 512
     "tensor data path, fp32, NCHW": ("project", dict(precision="fp32", channels_last=False), False, False),
     "+ channels_last, fp32": ("project", dict(precision="fp32"), False, False),
     "+ glibc keeps freed memory, fp32": ("project", dict(precision="fp32"), False, True),
     "the same, bf16 autocast": ("project", dict(precision="bf16"), False, True),
+    NATIVE_BF16: ("project", dict(precision="bf16"), False, True),
     "the same, fp16 autocast + GradScaler": ("project", dict(precision="fp16"), False, True),
     "project at batch 128": ("project", dict(batch_size=128), False, True),
     "project + torch.compile": ("project", {}, True, True),
     "reference + glibc keeps freed memory": ("reference", {}, False, True),
 }
-CPU_ONLY = ("reference + glibc keeps freed memory",)  # a no-op on CUDA
+CPU_ONLY = ("reference + glibc keeps freed memory", NATIVE_BF16)  # no-ops on CUDA
 
 
 def load(args) -> H.Data:
@@ -112,6 +114,8 @@ def measure(args) -> dict:
         H.keep_freed_memory = lambda: None
     elif path == "reference":  # a CPU-only row: what helpers.train does, given to the tutorial loop
         H.keep_freed_memory()
+    if args.worker == NATIVE_BF16:
+        H.native_bf16_conv = lambda: True
     data = load(args)
     hp = H.HParams(**{"batch_size": args.batch_size, **overrides})
     torch.manual_seed(0)
@@ -142,7 +146,12 @@ def measure(args) -> dict:
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
     return {"images_per_s": args.images // hp.batch_size * hp.batch_size / seconds, "peak_mib": peak,
             "data": data.source["description"],
-            "precision": H.resolve_hparams(hp, dev).precision if path == "project" else "fp32"}
+            "precision": precision_row(H.resolve_hparams(hp, dev).precision if path == "project" else "fp32", dev)}
+
+
+def precision_row(precision: str, dev: torch.device) -> str:
+    on_fp32_kernels = precision == "bf16" and dev.type == "cpu" and not H.native_bf16_conv()
+    return precision + (" on fp32 kernels" if on_fp32_kernels else "")
 
 
 def worker(variant: str, dev: torch.device, args) -> dict:

@@ -50,6 +50,46 @@ def test_the_probe_measures_both_precisions_for_real():
     assert H.probe_speed("fp32", batch=16, steps=1) > 0 and H.probe_speed("bf16", batch=16, steps=1) > 0
 
 
+def conv_in_bf16(kind: str, bias: bool):
+    """One convolution's output and gradients in bf16 autocast: on fp32 kernels (Bf16Conv), or summed in float64
+    from the same bf16-rounded operands (what a bf16 kernel that accumulates in fp32 computes, up to summation order)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 16, 8, 8, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(32, 16, 3, 3, generator=g) * 0.1).requires_grad_()
+    b = torch.randn(32, generator=g).requires_grad_() if bias else None
+    grad = torch.randn(8, 32, 4, 4, generator=g).to(torch.bfloat16)
+    if kind == "float64":
+        leaves = [t.to(torch.bfloat16).double().detach().requires_grad_() for t in (x, w, b) if t is not None]
+        out = torch.nn.functional.conv2d(*leaves, stride=2, padding=1).to(torch.bfloat16)
+        out.float().backward(grad.float())
+        return [out, *(t.grad.to(torch.bfloat16).float() for t in leaves)]
+    with H.Bf16ConvOnFp32Kernels(), torch.autocast("cpu", torch.bfloat16):
+        out = torch.nn.functional.conv2d(x, w, b, stride=2, padding=1)
+    out.backward(grad)
+    return [out, *(t.grad for t in (x, w, b) if t is not None)]
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no bias", "bias"])
+def test_bf16_convolution_on_fp32_kernels_rounds_like_a_bf16_kernel(bias):
+    emulated, exact = conv_in_bf16("fp32 kernels", bias), conv_in_bf16("float64", bias)
+    assert emulated[0].dtype == torch.bfloat16 and all(g.dtype == torch.float32 for g in emulated[1:])
+    for got, want in zip(emulated, exact):
+        assert torch.equal(got.float().to(torch.bfloat16).float(), got.float())  # every value is a bf16 value
+        assert (got.float() == want.float()).float().mean() > 0.99  # a few last-bit flips from summation order
+
+
+def test_bf16_autocast_uses_fp32_kernels_only_where_the_cpu_lacks_bf16_convolutions(monkeypatch):
+    calls = []
+    monkeypatch.setattr(H.Bf16Conv, "apply", lambda *args: calls.append(args[3:]))
+    conv = torch.nn.Conv2d(1, 1, 3, stride=2, padding=1)
+    for native, precision, expected in [(True, "bf16", 0), (False, "bf16", 1), (False, "fp32", 1)]:
+        monkeypatch.setattr(H, "native_bf16_conv", lambda: native)
+        with H.autocast(CPU, H.HParams(precision=precision)):
+            conv(torch.randn(1, 1, 4, 4))
+        assert len(calls) == expected
+    assert calls == [((2, 2), (1, 1), (1, 1), 1)]  # nn.Conv2d's stride, padding, dilation and groups reach it
+
+
 def record(precision_field: dict) -> dict:
     spec = H.RunSpec.of("lottery", sparsity=0.5)
     return {"experiment": "lottery", "name": spec.name, "params": vars(spec),
