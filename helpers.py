@@ -421,7 +421,7 @@ def pick_precision(dev: torch.device) -> str:
     CUDA: bf16 on compute capability 8.0+ (A100, L4, H100: bf16 tensor cores); below that (T4, V100) fp16 with a
     GradScaler, because `torch.cuda.is_bf16_supported()` also says yes to bf16 emulated many times slower.
     CPU: whichever of fp32 and bf16 trains faster on this CPU. x86 without AVX-512 has no bf16 kernels (bf16 runs
-    there on fp32 kernels, `Bf16Conv`, a little slower than fp32); elsewhere no flag predicts it (AVX512-BF16 won on
+    there on fp32 kernels, `Bf16Conv`, about as fast as fp32); elsewhere no flag predicts it (AVX512-BF16 won on
     a Zen 4 and lost on a Xeon without AMX), so a short timed probe decides, once per CPU model and torch version.
     """
     if dev.type == "cuda":
@@ -571,7 +571,7 @@ def autocast(dev: torch.device, hp: HParams):
 
 def native_bf16_conv() -> bool:
     """Whether PyTorch runs bf16 convolutions on oneDNN here. Without it (x86 without AVX-512) they fall back to a
-    loop of bf16 matrix products that is ~13x slower than fp32 and accumulates weight gradients in bf16."""
+    loop of bf16 matrix products that is ~14x slower than fp32 and accumulates weight gradients in bf16."""
     return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
@@ -839,7 +839,7 @@ def run_experiment(spec: RunSpec, data: Data, device: str | torch.device | None 
             check_identity(ckpt, saved.get("identity", {}), asked)
         done = saved["history"][-1]["round"] if saved else 0
         left = spec.epochs * (spec.rounds - done + (not phase0_path(results_dir, spec).exists()))
-        say(f"{spec.name}: {left} epochs to train on {describe_device(dev)}, precision {hp.precision}")
+        say(f"{spec.name}: {left} epochs to train on {describe_device(dev, hp.precision)}, precision {hp.precision}")
         eta = first_epoch_eta(left, say)
         data = data.to(dev)
         theta0, state, history = dense_phase(spec, data, dev, results_dir, hp, progress, say, force, eta)
@@ -863,7 +863,7 @@ def run_experiment(spec: RunSpec, data: Data, device: str | torch.device | None 
         record = {"experiment": spec.experiment, "name": spec.name, "params": asdict(spec), "hparams": asdict(hp),
                   "history": history, "final_val_acc": history[-1]["val_acc"],
                   "final_sparsity": sparsity_report(masks)["overall"],
-                  "seconds": sum(e["seconds"] for e in history), "device": describe_device(dev),
+                  "seconds": sum(e["seconds"] for e in history), "device": describe_device(dev, hp.precision),
                   "versions": versions(), "data": data.source}
         if round_masks:  # written before the record: a record on disk means its masks are there too
             save_masks(masks_path(results_dir, spec), round_masks)
@@ -1019,7 +1019,7 @@ def notebook_setup(data_dir: str | None, quick: bool, results_dir: str | None, d
     hp = resolve_hparams(HParams(precision=precision), dev, results)
     where = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
     print(f"data: {data.source['description']} ({data.source['file']}, sha256 {data.source.get('sha256', '?')[:12]}…"
-          f"{', quick subset' if quick else ''})\nresults: {where}/\ndevice: {describe_device(dev)}\n"
+          f"{', quick subset' if quick else ''})\nresults: {where}/\ndevice: {describe_device(dev, hp.precision)}\n"
           f"precision: {hp.precision} (asked: {precision})")
     return data, results, hp
 
@@ -1074,10 +1074,10 @@ def read_record(path: Path) -> dict:
                           "delete it to compute the run again.") from None
 
 
-def describe_device(dev: torch.device) -> str:
+def describe_device(dev: torch.device, precision: str | None = None) -> str:
     if dev.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(dev)}"
-    kernels = "" if native_bf16_conv() else ", bf16 convolutions on fp32 kernels (Bf16Conv)"
+    kernels = ", bf16 convolutions on fp32 kernels (Bf16Conv)" if precision == "bf16" and not native_bf16_conv() else ""
     return f"cpu: {cpu_model()}, {torch.get_num_threads()} threads{kernels}"
 
 
