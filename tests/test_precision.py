@@ -51,8 +51,8 @@ def test_the_probe_measures_both_precisions_for_real():
 
 
 def conv_in_bf16(kind: str, bias: bool):
-    """One convolution's output and gradients in bf16 autocast: on fp32 kernels (Bf16Conv), or summed in float64
-    from the same bf16-rounded operands (what a bf16 kernel that accumulates in fp32 computes, up to summation order)."""
+    """One convolution's output and gradients in bf16 autocast: on fp32 kernels (Bf16Conv), or summed in float64 from
+    the same bf16-rounded operands (what a bf16 kernel summing in fp32 computes, up to summation order)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 16, 8, 8, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
     w = (torch.randn(32, 16, 3, 3, generator=g) * 0.1).requires_grad_()
