@@ -5,6 +5,7 @@ Every notebook in notebooks/ is a few calls into this file.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import functools
@@ -1250,8 +1251,9 @@ def results_markdown(records: list[dict], **model) -> str:
     phase0 = {RunSpec(**r["params"]).phase0_name: sum(e["seconds"] for e in r["history"] if e["round"] == 0)
               for r in records}
     pruned = sum(e["seconds"] for r in records for e in r["history"] if e["round"] > 0)
+    devices = collections.Counter(r["device"] for r in records)
     compute = (f"Compute: {(sum(phase0.values()) + pruned) / 3600:.2f} hours of training in these records (each "
-               f"shared phase 0 once), on {', '.join(sorted({r['device'] for r in records}))}.")
+               f"shared phase 0 once), on {'; '.join(f'{d} ({n} runs)' for d, n in sorted(devices.items()))}.")
     return "\n".join(lines + ["", *[f"- {line}" for line in findings(records, **model)], "", compute])
 
 
