@@ -180,12 +180,17 @@ def test_findings_compute_gap_range_and_whether_it_exceeds_the_seed_range():
     records += [fake_record("reinit", 0.78, sparsity=0.5)]
     text = "\n".join(H.findings(records))
     assert ("Sparsity 50%: lottery 81.00% (range 80.00%-82.00%, 3 seeds), random 76.00% (range 75.00%-77.00%, "
-            "3 seeds): the ticket leads by +5.00 points, beyond the seed range (the ranges do not overlap)") in text
+            "3 seeds): the ticket leads by +5.00 points, beyond the seed range: the ranges do not overlap") in text
     assert ("Sparsity 20%: lottery 79.00% (range 78.00%-80.00%, 2 seeds), random 78.00% (range 77.00%-79.00%, "
-            "2 seeds): the ticket leads by +1.00 points, within the seed range (the ranges overlap)") in text
+            "2 seeds): the ticket leads by +1.00 points, within the seed range: the ranges overlap") in text
     assert ("Re-initialised survivors at 50%: 78.00% (1 seed), -3.00 points against the rewound ticket (one seed: "
             "no range to judge it against)") in text
     assert "Dense network after phase 0 (5 epochs, the fair reference): 75.00% (range 75.00%-75.00%, 3 seeds)" in text
+    assert "against the phase 0 of the same seeds: lottery +6.00 points, random +1.00 points." in text
+    few = [fake_record(arm, 0.74, phase0=0.70, sparsity=0.3, seed=3) for arm in ("lottery", "random")]  # one seed
+    assert ("Sparsity 30%: lottery 74.00% (1 seed), random 74.00% (1 seed): the ticket leads by +0.00 points, one "
+            "seed: no range to judge it against; against the phase 0 of the same seeds: lottery +4.00 points, random "
+            "+4.00 points.") in "\n".join(H.findings(records + few))
 
 
 def test_the_classic_curve_finds_where_each_arm_falls_two_points_below_phase0():
