@@ -1331,7 +1331,9 @@ def plot_final(table, x: str, hue: str, title: str, ax=None, references: dict[st
     import seaborn as sns
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 5))
-    sns.lineplot(data=table, x=x, y="final_val_acc", hue=hue, marker="o", errorbar=("pi", 100), ax=ax)
+    # the range as bars: a band has no width at a point measured at one x only (the re-init control)
+    sns.lineplot(data=table, x=x, y="final_val_acc", hue=hue, marker="o", errorbar=("pi", 100), err_style="bars",
+                 err_kws={"capsize": 4}, ax=ax)
     for (label, acc), ls in zip((references or {}).items(), ("--", ":", "-.")):
         ax.axhline(acc, color="black", ls=ls, lw=1.2, label=f"{label} ({acc:.3f})")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
