@@ -604,6 +604,10 @@ class Bf16Conv(torch.autograd.Function):
         return as_bf16(gx, x_dtype), as_bf16(gw, w_dtype), as_bf16(gb, w_dtype), None, None, None, None
 
 
+CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")  # F.conv2d's, in order
+CONV_DEFAULTS = (None, None, None, 1, 0, 1, 1)
+
+
 class Bf16ConvOnFp32Kernels(torch.overrides.TorchFunctionMode):
     """Inside bf16 autocast, sends every `F.conv2d` (hence every nn.Conv2d) through `Bf16Conv`; other ops run as
     autocast has them. The model needs no change."""
@@ -616,10 +620,6 @@ class Bf16ConvOnFp32Kernels(torch.overrides.TorchFunctionMode):
             if not isinstance(padding, str):  # padding="same" is left to PyTorch
                 return Bf16Conv.apply(x, w, b, stride, padding, dilation, groups)
         return func(*args, **kwargs)
-
-
-CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-CONV_DEFAULTS = (None, None, None, 1, 0, 1, 1)
 
 
 def warmup_then_decay(total_steps: int, warmup: float) -> Callable[[int], float]:
