@@ -563,11 +563,16 @@ def train(model: nn.Module, data: Data, epochs: int, masks: Masks | None = None,
 def autocast(dev: torch.device, hp: HParams):
     dtype = AUTOCAST[hp.precision]
     with torch.autocast(dev.type, dtype, enabled=dtype is not None):
-        if dtype is torch.bfloat16 and dev.type == "cpu" and not native_bf16_conv():
+        if bf16_on_fp32_kernels(dev, hp.precision):
             with Bf16ConvOnFp32Kernels():
                 yield
         else:
             yield
+
+
+def bf16_on_fp32_kernels(dev: torch.device, precision: str) -> bool:
+    """Whether `precision` on `dev` runs its convolutions through `Bf16Conv`."""
+    return precision == "bf16" and dev.type == "cpu" and not native_bf16_conv()
 
 
 def native_bf16_conv() -> bool:
@@ -1078,7 +1083,7 @@ def read_record(path: Path) -> dict:
 def describe_device(dev: torch.device, precision: str | None = None) -> str:
     if dev.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(dev)}"
-    kernels = ", bf16 convolutions on fp32 kernels (Bf16Conv)" if precision == "bf16" and not native_bf16_conv() else ""
+    kernels = ", bf16 convolutions on fp32 kernels (Bf16Conv)" if bf16_on_fp32_kernels(dev, precision) else ""
     return f"cpu: {cpu_model()}, {torch.get_num_threads()} threads{kernels}"
 
 

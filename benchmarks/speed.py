@@ -140,18 +140,14 @@ def measure(args) -> dict:
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    precision = H.resolve_hparams(hp, dev).precision if path == "project" else "fp32"
     # CPU: this process's own high-water mark (KiB on Linux). Children are left out: a forked child's RSS counts the
     # pages it shares with this process (the reference's DataLoader workers, the `ldconfig -p` that importing torch runs).
     peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda" else
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
     return {"images_per_s": args.images // hp.batch_size * hp.batch_size / seconds, "peak_mib": peak,
             "data": data.source["description"],
-            "precision": precision_row(H.resolve_hparams(hp, dev).precision if path == "project" else "fp32", dev)}
-
-
-def precision_row(precision: str, dev: torch.device) -> str:
-    on_fp32_kernels = precision == "bf16" and dev.type == "cpu" and not H.native_bf16_conv()
-    return precision + (" on fp32 kernels" if on_fp32_kernels else "")
+            "precision": precision + (" on fp32 kernels" if H.bf16_on_fp32_kernels(dev, precision) else "")}
 
 
 def worker(variant: str, dev: torch.device, args) -> dict:
