@@ -1204,6 +1204,10 @@ def records_epochs(records: list[dict], experiment: str) -> str:
     return "/".join(sorted({str(r["params"]["epochs"]) for r in records if r["experiment"] == experiment}))
 
 
+def is_classic(params: dict) -> bool:
+    return params["rounds"] == CLASSIC["rounds"] and bool(np.isclose(params["sparsity"], CLASSIC["sparsity"]))
+
+
 def classic_curve(records: list[dict], model: dict | None = None):
     """The classic lottery-ticket curve: accuracy at the end of every round against the weights remaining, one
     row per (arm, seed, round) of the CLASSIC runs; round 0 is the shared dense phase 0."""
@@ -1211,8 +1215,7 @@ def classic_curve(records: list[dict], model: dict | None = None):
     rows = []
     for r in records:
         p = r["params"]
-        if p["rounds"] != CLASSIC["rounds"] or not np.isclose(p["sparsity"], CLASSIC["sparsity"]) or \
-                any(p[k] != v for k, v in (model or {}).items()):
+        if not is_classic(p) or any(p[k] != v for k, v in (model or {}).items()):
             continue
         ends = {}
         for e in r["history"]:
@@ -1234,10 +1237,12 @@ def classic_findings(records: list[dict], model: dict) -> list[str]:
     for arm, rows in mean[mean["round"] > 0].groupby("experiment"):
         below = rows[rows.val_acc < dense - 0.02]
         seeds = int(rows.seeds.max())
+        best = rows.loc[rows.val_acc.idxmax()]
         out.append(f"{arm}: " + (f"first more than 2 points below the dense phase 0 at {below.remaining.iloc[0]:.1f}% "
                                  f"of the weights left ({below.val_acc.iloc[0]:.2%})" if len(below) else
                                  f"never more than 2 points below it, down to {rows.remaining.min():.1f}% of the "
-                                 f"weights left ({rows.val_acc.iloc[-1]:.2%})") + f" ({seeds} seed(s)).")
+                                 f"weights left ({rows.val_acc.iloc[-1]:.2%})") +
+                   f"; best {best.val_acc:.2%} at {best.remaining:.1f}% left ({seeds} seed(s)).")
     return out
 
 
@@ -1246,8 +1251,10 @@ def results_markdown(records: list[dict], **model) -> str:
     groups: dict[str, list[dict]] = {}
     for r in records:
         p = r["params"]
+        arm = f"{r['experiment']}, classic curve (20% a round)" if is_classic(p) else \
+            f"{r['experiment']} p={exact(p['sparsity'])}"
         label = (f"dense baseline, {model_label(p)}, {p['epochs']} epochs" if not p["rounds"] else
-                 f"{r['experiment']} p={exact(p['sparsity'])} R={p['rounds']} E={p['epochs']}" +
+                 f"{arm} R={p['rounds']} E={p['epochs']}" +
                  ("" if p["batchnorm"] and not p["dropout"] else f", {model_label(p)}"))
         groups.setdefault(label, []).append(r)
     lines = ["| run | final val acc | seeds | its phase 0 (dense, E epochs) | final sparsity |",

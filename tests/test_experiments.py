@@ -201,7 +201,9 @@ def test_the_classic_curve_finds_where_each_arm_falls_two_points_below_phase0():
         e["val_acc"] = 0.76 if e["round"] < 4 else 0.60
     text = "\n".join(H.findings([lottery, random]))
     assert "lottery: never more than 2 points below it, down to 5.5% of the weights left (74.00%)" in text
-    assert "random: first more than 2 points below the dense phase 0 at 41.0% of the weights left (60.00%)" in text
+    assert ("random: first more than 2 points below the dense phase 0 at 41.0% of the weights left (60.00%); best "
+            "76.00% at 80.0% left (1 seed(s))") in text
+    assert "| random, classic curve (20% a round) R=13 E=5 | 60.00% | 1 |" in H.results_markdown([lottery, random])
     ax = H.plot_classic(H.classic_curve([lottery, random]))
     assert ax.get_xscale() == "log" and ax.get_xlim() == (100, 5)
 
