@@ -17,6 +17,7 @@ import csv
 import logging
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["OMP_NUM_THREADS"] = str(args.threads_per_run)  # torch's intra-op threads in each kernel
     start, failed = time.time(), []
     pending, finished = triage(plan, study, args, failed)
+    previous_handler = signal.signal(signal.SIGINT, quiet_ctrl_c)
     try:
         if args.workers:
             finished += run_parallel(args, pending, study, failed)
@@ -270,14 +272,23 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.device}")
             finished += run_sequential(args, pending, study, failed)
     except KeyboardInterrupt:
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # the cell task papermill left behind, at exit
         print(f"\ninterrupted: {finished} of {len(plan)} executions finished; runs in progress keep their last "
               "finished phase. Run the same command again to resume.", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
     print(f"finished in {(time.time() - start) / 60:.1f} min; executed notebooks in {results / 'notebooks'}")
     if failed:
         print("FAILED:\n  " + "\n  ".join(failed), file=sys.stderr)
     return 1 if failed else 0
+
+
+def quiet_ctrl_c(signum, frame):
+    """Ctrl-C reaches the kernels too (one process group), so a kernel that died is expected then, not news: silence
+    papermill's "Kernel died" and the cell task it leaves behind before they can print, then stop as Python would."""
+    for name in ("papermill", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    raise KeyboardInterrupt
 
 
 def triage(plan: list[Job], study: Study, args, failed: list[str]) -> tuple[list[Job], int]:
