@@ -1229,20 +1229,27 @@ def classic_findings(records: list[dict], model: dict) -> list[str]:
     curve = classic_curve(records, model)
     if curve.empty:
         return []
-    mean = curve.groupby(["experiment", "round"]).agg(val_acc=("val_acc", "mean"), remaining=("remaining (%)", "mean"),
-                                                      seeds=("seed", "nunique")).reset_index()
-    dense = mean[mean["round"] == 0].val_acc.mean()
+    phase0 = curve[curve["round"] == 0].groupby("seed").val_acc.first()  # the arms of a seed share their phase 0
     out = [f"Classic curve (20% of the survivors pruned a round, {CLASSIC['epochs']} epochs a round): dense phase 0 "
-           f"{dense:.2%}."]
-    for arm, rows in mean[mean["round"] > 0].groupby("experiment"):
-        below = rows[rows.val_acc < dense - 0.02]
-        seeds = int(rows.seeds.max())
-        best = rows.loc[rows.val_acc.idxmax()]
-        out.append(f"{arm}: " + (f"first more than 2 points below the dense phase 0 at {below.remaining.iloc[0]:.1f}% "
-                                 f"of the weights left ({below.val_acc.iloc[0]:.2%})" if len(below) else
-                                 f"never more than 2 points below it, down to {rows.remaining.min():.1f}% of the "
-                                 f"weights left ({rows.val_acc.iloc[-1]:.2%})") +
-                   f"; best {best.val_acc:.2%} at {best.remaining:.1f}% left ({seeds} seed(s)).")
+           f"{spread(list(phase0))}."]
+    first_below = lambda rows, dense: rows[rows.val_acc < dense - 0.02].head(1)
+    for arm, rows in curve[curve["round"] > 0].groupby("experiment"):
+        # each arm against the phase 0 of its own seeds, so that an arm with fewer seeds is not read against others'
+        seeds = sorted(rows.seed.unique())
+        dense = phase0[seeds].mean()
+        mean = rows.groupby("round").agg(val_acc=("val_acc", "mean"), remaining=("remaining (%)", "mean"))
+        below, best = first_below(mean, dense), mean.loc[mean.val_acc.idxmax()]
+        who = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of seeds {', '.join(map(str, seeds))}"
+        line = f"{arm} ({who}; their phase 0 {dense:.2%}): " + (
+            f"first more than 2 points below the dense phase 0 at {below.remaining.iloc[0]:.1f}% of the weights "
+            f"left ({below.val_acc.iloc[0]:.2%})" if len(below) else
+            f"never more than 2 points below it, down to {mean.remaining.min():.1f}% of the weights left "
+            f"({mean.val_acc.iloc[-1]:.2%})") + f"; best {best.val_acc:.2%} at {best.remaining:.1f}% left."
+        if len(seeds) > 1:
+            each = [first_below(rows[rows.seed == s], phase0[s]) for s in seeds]
+            line += " Seed by seed, first more than 2 points below at: " + ", ".join(
+                f"{b['remaining (%)'].iloc[0]:.1f}%" if len(b) else "never" for b in each) + "."
+        out.append(line)
     return out
 
 
@@ -1361,9 +1368,10 @@ def plot_classic(curve, ax=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 5))
     pruned = curve[curve["round"] > 0]
-    sns.lineplot(data=pruned, x="remaining (%)", y="val_acc", hue="experiment", marker="o", errorbar=("pi", 100),
-                 ax=ax)
-    dense = curve[curve["round"] == 0].val_acc.mean()
+    n = pruned.groupby("experiment").seed.nunique()
+    pruned = pruned.assign(arm=[f"{e} ({n[e]} {'seeds' if n[e] > 1 else 'seed'})" for e in pruned.experiment])
+    sns.lineplot(data=pruned, x="remaining (%)", y="val_acc", hue="arm", marker="o", errorbar=("pi", 100), ax=ax)
+    dense = curve[curve["round"] == 0].groupby("seed").val_acc.first().mean()  # one shared phase 0 a seed
     ax.axhline(dense, color="black", ls=":", lw=1.2, label=f"dense phase 0 ({dense:.3f})")
     ax.set_xscale("log")
     ax.set_xlim(100, 5)

@@ -200,12 +200,24 @@ def test_the_classic_curve_finds_where_each_arm_falls_two_points_below_phase0():
     for e in random["history"][1:]:  # random pruning falls below 73% from round 4 on (0.8^4: 41% of the weights left)
         e["val_acc"] = 0.76 if e["round"] < 4 else 0.60
     text = "\n".join(H.findings([lottery, random]))
-    assert "lottery: never more than 2 points below it, down to 5.5% of the weights left (74.00%)" in text
-    assert ("random: first more than 2 points below the dense phase 0 at 41.0% of the weights left (60.00%); best "
-            "76.00% at 80.0% left (1 seed(s))") in text
+    assert ("lottery (seed 0; their phase 0 75.00%): never more than 2 points below it, down to 5.5% of the weights "
+            "left (74.00%)") in text
+    assert ("random (seed 0; their phase 0 75.00%): first more than 2 points below the dense phase 0 at 41.0% of the "
+            "weights left (60.00%); best 76.00% at 80.0% left.") in text
+    # a second seed of random only, with a weaker phase 0: random is read against the phase 0 of its own seeds, and
+    # each seed's own crossing is given (seed 1 never falls 2 points below its 70% phase 0)
+    random1 = fake_record("random", 0.69, phase0=0.70, seed=1, **{k: v for k, v in classic.items()})
+    text = "\n".join(H.findings([lottery, random, random1]))
+    assert "dense phase 0 72.50% (range 70.00%-75.00%, 2 seeds)" in text
+    assert ("random (mean of seeds 0, 1; their phase 0 72.50%): first more than 2 points below the dense phase 0 at "
+            "41.0% of the weights left (64.50%); best 72.50% at 80.0% left. Seed by seed, first more than 2 points "
+            "below at: 41.0%, never.") in text
+    assert "lottery (seed 0; their phase 0 75.00%): never" in text
     assert "| random, classic curve (20% a round) R=13 E=5 | 60.00% | 1 |" in H.results_markdown([lottery, random])
-    ax = H.plot_classic(H.classic_curve([lottery, random]))
+    ax = H.plot_classic(H.classic_curve([lottery, random, random1]))
     assert ax.get_xscale() == "log" and ax.get_xlim() == (100, 5)
+    assert {"lottery (1 seed)", "random (2 seeds)", "dense phase 0 (0.725)"} <= {
+        t.get_text() for t in ax.get_legend().get_texts()}
 
 
 def test_the_readme_results_are_rewritten_between_their_markers(tmp_path):
