@@ -206,7 +206,7 @@ def test_the_classic_curve_finds_where_each_arm_falls_two_points_below_phase0():
             "weights left (60.00%); best 76.00% at 80.0% left.") in text
     # a second seed of random only, with a weaker phase 0: random is read against the phase 0 of its own seeds, and
     # each seed's own crossing is given (seed 1 never falls 2 points below its 70% phase 0)
-    random1 = fake_record("random", 0.69, phase0=0.70, seed=1, **{k: v for k, v in classic.items()})
+    random1 = fake_record("random", 0.69, phase0=0.70, seed=1, **classic)
     text = "\n".join(H.findings([lottery, random, random1]))
     assert "dense phase 0 72.50% (range 70.00%-75.00%, 2 seeds)" in text
     assert ("random (mean of seeds 0, 1; their phase 0 72.50%): first more than 2 points below the dense phase 0 at "
