@@ -17,7 +17,7 @@ import platform
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
+PUBLISHED_RESULTS = ROOT / "results"  # the study this repository publishes: its README's numbers come from here
 
 
 # ----------------------------------------------------------------------------- checks (used by every section below)
@@ -52,6 +52,21 @@ def check_number(name: str, value, low: float, low_open: bool = False) -> None:
 def check_choice(name: str, value, allowed: Iterable) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r}: must be one of {', '.join(map(repr, allowed))}.")
+
+
+TRUE, FALSE = ("true", "yes", "y", "on", "1"), ("false", "no", "n", "off", "0")
+
+
+def as_bool(name: str, value) -> bool:
+    """A flag as papermill may pass it (`-p force no` arrives as the string 'no'): True/False and their usual
+    spellings, anything else refused, since a non-empty string would otherwise count as true."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
+        return value.strip().lower() in TRUE
+    raise ValueError(f"{name}={value!r}: must be True or False (papermill: -p {name} True).")
 
 
 # ----------------------------------------------------------------------------- data
@@ -98,12 +113,29 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = Tru
     as that file.
     """
     named = data_dir or os.environ.get("CIFAR10_DATA")
-    path = Path(named or "data").expanduser()
-    if path.is_dir() and (path / "cifar10.npz").is_file() and not (path / "cifar-10-batches-py").is_dir():
-        path = path / "cifar10.npz"
+    path = data_path(data_dir)
     if path.suffix == ".npz" or path.is_file():
         return _load_npz(path)
     return _load_torchvision(path, download and (not named or path.is_dir()))
+
+
+def data_path(data_dir: str | os.PathLike | None = None) -> Path:
+    """The file or folder `load_cifar10` reads: `data_dir`, else $CIFAR10_DATA, else ./data."""
+    path = Path(data_dir or os.environ.get("CIFAR10_DATA") or "data").expanduser()
+    if path.is_dir() and (path / "cifar10.npz").is_file() and not (path / "cifar-10-batches-py").is_dir():
+        return path / "cifar10.npz"
+    return path
+
+
+def data_source(data_dir: str | os.PathLike | None = None, quick: bool = False) -> dict | None:
+    """The identity of the data `load_data` would read, from its content hash, without decoding or downloading it;
+    None when there is no data there yet."""
+    path = data_path(data_dir)
+    folder = path / "cifar-10-batches-py"
+    files = [path] if path.is_file() else sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    if not files:
+        return None
+    return {"sha256": _sha256(files), **({"subset": list(QUICK_SUBSET)} if quick else {})}
 
 
 def _load_npz(path: Path) -> Data:
@@ -390,10 +422,7 @@ class HParams:
 
     @classmethod
     def from_record(cls, saved: dict) -> "HParams":
-        """The HParams a record or checkpoint was made with; those from before `precision` said `bf16: bool`."""
-        saved = dict(saved)
-        if "bf16" in saved:
-            saved["precision"] = "bf16" if saved.pop("bf16") else "fp32"
+        """The HParams a record or checkpoint was made with; fields it predates take their defaults."""
         return cls(**saved)
 
 
@@ -476,15 +505,28 @@ def probe_speed(precision: str, batch: int = 256, steps: int = 3) -> float:
 
 
 def resolve_hparams(hp: HParams, dev: torch.device, results_dir: Path | str | None = None) -> HParams:
-    """`hp` with "auto" precision resolved: to the precision the runs already in `results_dir` used (a study resumed
-    on another machine does not mix two), else to what suits `dev`. Explicit precisions are kept."""
+    """`hp` with "auto" precision resolved: to the precision the runs already in `results_dir` used, finished or
+    interrupted (a study resumed on another machine does not mix two), else to what suits `dev`. Explicit precisions
+    are kept."""
     if hp.precision != "auto":
         return hp
-    used = {HParams.from_record(r["hparams"]).precision for r in load_records(results_dir)} if results_dir else set()
+    used = saved_precisions(results_dir) if results_dir else set()
     if len(used) > 1:
         raise ValueError(f"{results_dir} holds runs made with precisions {sorted(used)}: pass precision explicitly "
                          "(HParams(precision=...), or run_all.py --precision) to say which this run uses.")
     return replace(hp, precision=used.pop() if used else pick_precision(dev))
+
+
+def saved_precisions(results_dir: Path | str) -> set[str]:
+    """The precisions of what a results folder holds: its records, and the checkpoints of its unfinished runs."""
+    used = {HParams.from_record(r["hparams"]).precision for r in load_records(results_dir)}
+    for path in [*Path(results_dir).glob("checkpoints/*.pt"), *Path(results_dir).glob("checkpoints/phase0/*.pt")]:
+        try:  # mmap: only the small identity is read, not the weights
+            used.add(HParams.from_record(torch.load(path, map_location="cpu", mmap=True)["identity"]["hparams"])
+                     .precision)
+        except Exception:
+            pass  # a damaged checkpoint is named, and set aside, when its run resumes
+    return used
 
 
 @functools.cache
@@ -679,8 +721,10 @@ class RunSpec:
         unknown = set(params) - {f for f in cls.__dataclass_fields__ if f != "experiment"}
         if unknown:
             raise ValueError(f"unknown parameter(s) {sorted(unknown)}; RunSpec takes {list(cls.__dataclass_fields__)}.")
+        if "batchnorm" in params:
+            params["batchnorm"] = as_bool("batchnorm", params["batchnorm"])
         spec = cls(experiment, **{**EXPERIMENTS[experiment], **params})
-        return replace(spec, epochs=1) if quick else spec
+        return replace(spec, epochs=1) if as_bool("quick", quick) else spec
 
     def __post_init__(self):
         check_choice("experiment", self.experiment, EXPERIMENTS)
@@ -743,9 +787,21 @@ def checkpoint_path(results_dir: Path | str, spec: RunSpec) -> Path:
     return Path(results_dir) / "checkpoints" / f"{spec.name}.pt"
 
 
-def phase0_path(results_dir: Path | str, spec: RunSpec) -> Path:
-    """The dense phase 0 shared by every arm with the same model, seed and epochs."""
-    return Path(results_dir) / "checkpoints" / "phase0" / f"{spec.phase0_name}.pt"
+def phase0_path(results_dir: Path | str, spec: RunSpec, hp: HParams, source: dict) -> Path:
+    """The dense phase 0 shared by every arm with the same model, seed, epochs, hparams and data."""
+    name = f"{spec.phase0_name}_{identity_hash(phase0_identity(spec, hp, source))}.pt"
+    return Path(results_dir) / "checkpoints" / "phase0" / name
+
+
+def record_phase0_path(results_dir: Path | str, record: dict) -> Path:
+    """The phase 0 a finished run started from."""
+    return phase0_path(results_dir, RunSpec(**record["params"]), HParams.from_record(record["hparams"]),
+                       record["data"])
+
+
+def theta0_path(results_dir: Path | str, spec: RunSpec) -> Path:
+    """The initial weights θ0 of a model and seed: one file, whatever the epochs and hparams of its phases 0."""
+    return Path(results_dir) / "checkpoints" / "theta0" / f"bn{int(spec.batchnorm)}_do{exact(spec.dropout)}_seed{spec.seed}.pt"
 
 
 def phase_seed(seed: int, phase: int) -> int:
@@ -753,7 +809,8 @@ def phase_seed(seed: int, phase: int) -> int:
     return seed * 1000 + phase
 
 
-# A run's identity is everything that decides its numbers: what is saved is reused only for the same identity.
+# A run's identity is everything that decides its numbers: what is saved is reused only for the same identity. Fields
+# at their defaults are left out (as open_lth does), so a new field with a default never changes an old identity.
 
 class ResultMismatch(RuntimeError):
     """A saved result was made with other settings or data than asked; the message says what differs."""
@@ -763,26 +820,50 @@ class DamagedFile(RuntimeError):
     """A saved result cannot be read; the message names the file and what to do."""
 
 
+def non_default(obj) -> dict:
+    """A dataclass's fields that differ from their defaults."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj)
+            if f.default is MISSING or getattr(obj, f.name) != f.default}
+
+
 def run_identity(spec: RunSpec, hp: HParams, source: dict) -> dict:
-    return {"params": asdict(spec), "hparams": asdict(hp), "data": data_identity(source)}
+    return {"params": non_default(spec), "hparams": non_default(hp), "data": data_identity(source)}
+
+
+def saved_identity(params: dict, hparams: dict, data: dict) -> dict:
+    """The identity of what was saved with these params, hparams and data, in any schema they were saved in."""
+    return {"params": non_default(RunSpec(**params)), "hparams": non_default(HParams.from_record(hparams)),
+            "data": data_identity(data)}
 
 
 def record_identity(record: dict) -> dict:
-    return {"params": record["params"], "hparams": asdict(HParams.from_record(record["hparams"])),
-            "data": data_identity(record["data"])}
+    return saved_identity(record["params"], record["hparams"], record["data"])
 
 
 def phase0_identity(spec: RunSpec, hp: HParams, source: dict) -> dict:
     model = {k: getattr(spec, k) for k in ("batchnorm", "dropout", "epochs", "seed")}
-    return {"model": model, "hparams": asdict(hp), "data": data_identity(source)}
+    return {"model": model, "hparams": non_default(hp), "data": data_identity(source)}
+
+
+def identity_hash(identity: dict) -> str:
+    """A short name for an identity: files named by it never collide across settings."""
+    text = json.dumps(identity, sort_keys=True, default=lambda v: v.item())  # numpy scalars as Python numbers
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def check_identity(path: Path, saved: dict, asked: dict) -> None:
     diffs = differences(saved, asked)
-    if diffs:
-        raise ResultMismatch(f"{path} was made with other settings than asked ({'; '.join(diffs)}), so it is not "
-                             "reused. Keep both: pass another results_dir (run_all.py --results-dir) for the new "
-                             "settings; or replace it: force=True (run_all.py --force).")
+    if not diffs:
+        return
+    precision = saved.get("hparams", {}).get("precision")
+    if all(d.startswith("hparams.precision ") for d in diffs):
+        fix = (f"Resume it with the precision it was made with: run_all.py --precision {precision} (notebooks: "
+               f"precision=\"{precision}\").")
+    else:
+        fix = ("Keep both: pass another results_dir (run_all.py --results-dir) for the new settings; or replace it: "
+               "force=True (run_all.py --force).")
+    raise ResultMismatch(f"{path} was made with other settings than asked ({'; '.join(diffs)}), so it is not "
+                         f"reused. {fix}")
 
 
 def differences(saved: dict, asked: dict, prefix: str = "") -> list[str]:
@@ -794,6 +875,94 @@ def differences(saved: dict, asked: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{k} saved {a!r}, asked {b!r}")
     return out
+
+
+# A results folder holds runs on one data set, named in its manifest: the first run fixes it.
+
+MANIFEST = "data.json"
+
+
+def folder_data(results_dir: Path | str) -> dict | None:
+    """The data a results folder's runs were made on ({"data": identity, "description": ...}); None for a new one."""
+    path = Path(results_dir) / MANIFEST
+    if not path.exists():
+        return None
+    saved = read_json(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("data"), dict) or "sha256" not in saved["data"]:
+        raise DamagedFile(f"{path} is not a results folder's manifest (it needs {{\"data\": {{\"sha256\": ...}}}}). "
+                          "Restore it (`git checkout -- PATH` if it is committed).")
+    return saved
+
+
+def describe_data(source: dict) -> str:
+    subset = source.get("subset")
+    return (f"{source.get('description', 'CIFAR-10')} (sha256 {str(source.get('sha256'))[:12]}…"
+            f"{f', quick subset of {subset[0]}/{subset[1]} images' if subset else ''})")
+
+
+def check_folder(results_dir: Path | str, source: dict) -> None:
+    """Refuse a results folder whose runs were made on other data than `source`."""
+    saved = folder_data(results_dir)
+    if saved is not None and saved["data"] != data_identity(source):
+        raise ResultMismatch(
+            f"{results_dir} holds runs on other data: {describe_data({**saved['data'], **saved})}, not "
+            f"{describe_data(source)}. One folder holds one data set, so nothing is mixed: leave results_dir unset "
+            "(run_all.py without --results-dir) and runs on this data go to a folder of their own, or name another.")
+
+
+def claim_folder(results_dir: Path | str, source: dict) -> None:
+    """Fix a new results folder's data to `source` (its first run does), or check that it is the same."""
+    check_folder(results_dir, source)
+    path = Path(results_dir) / MANIFEST
+    if path.exists():
+        return
+    other = [r["name"] for r in load_records(results_dir) if data_identity(r["data"]) != data_identity(source)]
+    if other:
+        raise ResultMismatch(f"{results_dir} has no {MANIFEST} and holds runs on other data than "
+                             f"{describe_data(source)} ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}): "
+                             "move them to a folder of their own, or pass another results_dir.")
+    write_json(path, {"data": data_identity(source), "description": source.get("description", "")})
+
+
+def results_root(path: str | os.PathLike | None = None, quick: bool = False, source: dict | None = None) -> Path:
+    """Where runs are saved. A named `path` (relative to the repository root) is used as it is. Unnamed: results/,
+    or results_quick/ for quick runs, under the repository root or $LTH_RESULTS (Colab: a Drive folder); when that
+    folder holds runs on other data than `source`, a folder of this data's own beside it, results_<sha256 prefix>/.
+    A quick run never writes under the repository's results/, the published study."""
+    quick = as_bool("quick", quick)
+    if path:
+        folder = ROOT / path
+        if quick and folder.resolve().is_relative_to(PUBLISHED_RESULTS.resolve()):
+            raise ValueError(f"results_dir={str(path)!r}: a quick run never writes under {PUBLISHED_RESULTS.name}/, "
+                             "the published study; leave results_dir unset (quick runs go to results_quick/) or "
+                             "name another folder.")
+        return folder
+    default = Path(os.environ.get("LTH_RESULTS") or ROOT) / ("results_quick" if quick else "results")
+    saved = folder_data(default) if source else None
+    if saved is None or saved["data"] == data_identity(source):
+        return default
+    return default.with_name(f"{default.name}_{source['sha256'][:12]}")
+
+
+def study_folder(results_dir: str | None = None, quick: bool = False, data_dir: str | None = None) -> Path:
+    """The folder a summary or the explorer reads: a named one, else that of the data in `data_dir` (as the runs
+    chose it), else the default one when there is no data here."""
+    return results_root(results_dir, quick, None if results_dir else data_source(data_dir, quick))
+
+
+def is_published(results_dir: Path | str) -> bool:
+    return Path(results_dir).resolve() == PUBLISHED_RESULTS.resolve()
+
+
+def folder_note(results: Path, quick: bool = False) -> str:
+    """Where runs go, and why when it is not the default folder."""
+    default = Path(os.environ.get("LTH_RESULTS") or ROOT) / ("results_quick" if quick else "results")
+    where = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
+    if results.parent != default.parent or not results.name.startswith(f"{default.name}_"):
+        return f"{where}/"
+    saved = folder_data(default)
+    return (f"{where}/ ({default.name}/ holds runs on other data, {describe_data({**saved['data'], **saved})}; "
+            "runs on this data get a folder of their own)")
 
 
 def run_lock(results_dir: Path | str, name: str):
@@ -819,36 +988,41 @@ def holding(lock, say: Callable, what: str):
 
 
 def run_experiment(spec: RunSpec, data: Data, device: str | torch.device | None = None,
-                   results_dir: Path | str = RESULTS, hp: HParams = HParams(), progress: bool = True,
+                   results_dir: Path | str | None = None, hp: HParams = HParams(), progress: bool = True,
                    force: bool = False) -> dict:
-    """Run (or resume, or just load) one run; returns its record, also saved as results/runs/<experiment>/<name>.json.
+    """Run (or resume, or just load) one run; returns its record, also saved as <results>/runs/<experiment>/<name>.json.
 
     A checkpoint after every phase means an interruption loses at most the phase in progress. A saved record,
-    checkpoint or phase 0 is reused only when made with the same spec, hparams and data (else ResultMismatch);
-    `force` recomputes the run and replaces its record only once the new one is complete.
+    checkpoint, phase 0 or mask file is reused only when made with the same spec, hparams and data (else
+    ResultMismatch); `force` recomputes the run, and writes nothing beside its old record until the new run is complete.
     """
     dev = resolve_device(device)
+    results_dir = Path(results_dir) if results_dir else results_root(source=data.source)
+    progress, force = as_bool("progress", progress), as_bool("force", force)
     hp = resolve_hparams(hp, dev, results_dir)
     asked = run_identity(spec, hp, data.source)
-    out = record_path(results_dir, spec)
+    out, ckpt = record_path(results_dir, spec), checkpoint_path(results_dir, spec)
     say = print if not progress else tqdm.write
+    claim_folder(results_dir, data.source)
     with holding(run_lock(results_dir, spec.name), say, spec.name):
+        saved = read_pt(ckpt, say, "the run restarts after its phase 0") if ckpt.exists() else None
         if out.exists() and not force:
             record = read_record(out)
             check_identity(out, record_identity(record), asked)
+            if saved is not None and checkpoint_identity(saved, ckpt) == asked:  # stopped between record and masks
+                finish_run(results_dir, spec, saved, asked)
             return record
-        ckpt = checkpoint_path(results_dir, spec)
-        saved = read_pt(ckpt, say, "the run restarts after its phase 0") if ckpt.exists() else None
-        if saved is not None and force and saved.get("identity") != asked:
+        if saved is not None and force and checkpoint_identity(saved, ckpt) != asked:
             saved = None  # forced: a checkpoint of other settings is overwritten by the new run's first round
         if saved is not None:
-            check_identity(ckpt, saved.get("identity", {}), asked)
+            check_identity(ckpt, checkpoint_identity(saved, ckpt), asked)
         done = saved["history"][-1]["round"] if saved else 0
-        left = spec.epochs * (spec.rounds - done + (not phase0_path(results_dir, spec).exists()))
-        say(f"{spec.name}: {left} epochs to train on {describe_device(dev, hp.precision)}, precision {hp.precision}")
+        left = spec.epochs * (spec.rounds - done + (not phase0_path(results_dir, spec, hp, data.source).exists()))
+        device_name = describe_device(dev, hp.precision)
+        say(f"{spec.name}: {left} epochs to train on {device_name}, precision {hp.precision}")
         eta = first_epoch_eta(left, say)
         data = data.to(dev)
-        theta0, state, history = dense_phase(spec, data, dev, results_dir, hp, progress, say, force, eta)
+        theta0, state, history = dense_phase(spec, data, dev, results_dir, hp, progress, say, eta)
         model = build_model(spec).to(dev)
         model.load_state_dict(state)
         masks, round_masks = dense_masks(model), {}
@@ -861,21 +1035,35 @@ def run_experiment(spec: RunSpec, data: Data, device: str | torch.device | None 
             round_masks[r] = pack_masks(masks)
             epochs = train(model, data, spec.epochs, masks, phase_seed(spec.seed, r), dev, hp,
                            desc=f"round {r}/{spec.rounds}", progress=progress, on_epoch=eta)
-            history += annotate(epochs, "pruned", r, history[-1]["cum_epoch"], sparsity_report(masks))
+            history += annotate(epochs, "pruned", r, history[-1]["cum_epoch"], sparsity_report(masks), device_name)
             save_atomic({"identity": asked, "state": to_cpu(model.state_dict()), "masks": to_cpu(masks),
                          "history": history, "round_masks": round_masks}, ckpt)
             say(f"{spec.name}: round {r}/{spec.rounds} at sparsity {history[-1]['sparsity']:.3f}: "
                 f"val_acc {history[-1]['val_acc']:.4f}")
+        devices = dict.fromkeys(e.get("device", device_name) for e in history)  # every machine that computed a phase
         record = {"experiment": spec.experiment, "name": spec.name, "params": asdict(spec), "hparams": asdict(hp),
                   "history": history, "final_val_acc": history[-1]["val_acc"],
                   "final_sparsity": sparsity_report(masks)["overall"],
-                  "seconds": sum(e["seconds"] for e in history), "device": describe_device(dev, hp.precision),
+                  "seconds": sum(e["seconds"] for e in history), "device": "; ".join(devices),
                   "versions": versions(), "data": data.source}
-        if round_masks:  # written before the record: a record on disk means its masks are there too
-            save_masks(masks_path(results_dir, spec), round_masks)
-        write_json(out, record)
-        ckpt.unlink(missing_ok=True)
+        write_json(out, record)  # first: until the run is complete, nothing new lies beside an old record
+        finish_run(results_dir, spec, {"round_masks": round_masks}, asked)
     return record
+
+
+def finish_run(results_dir: Path, spec: RunSpec, saved: dict, identity: dict) -> None:
+    """After the record: the run's masks, then its checkpoint goes."""
+    if saved["round_masks"]:
+        save_masks(masks_path(results_dir, spec), saved["round_masks"], identity)
+    checkpoint_path(results_dir, spec).unlink(missing_ok=True)
+
+
+def checkpoint_identity(saved: dict, path: Path) -> dict:
+    try:
+        return saved_identity(**saved["identity"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DamagedFile(f"{path} carries no readable identity ({type(e).__name__}: {e}); delete it, and the run "
+                          "restarts after its phase 0.") from None
 
 
 def prune_and_reset(model: nn.Module, masks: Masks, theta0: dict[str, torch.Tensor], spec: RunSpec, r: int,
@@ -893,29 +1081,66 @@ def prune_and_reset(model: nn.Module, masks: Masks, theta0: dict[str, torch.Tens
 
 
 def dense_phase(spec: RunSpec, data: Data, dev: torch.device, results_dir: Path | str, hp: HParams, progress: bool,
-                say: Callable, force: bool = False, on_epoch: Callable | None = None) -> tuple[dict, dict, list[dict]]:
-    """Theta0, the weights after phase 0 and its history: loaded when another arm already trained it."""
-    path = phase0_path(results_dir, spec)
+                say: Callable, on_epoch: Callable | None = None) -> tuple[dict, dict, list[dict]]:
+    """Theta0, the weights after phase 0 and its history: loaded when another arm already trained it. A phase 0 is
+    named by its identity, so a run with other settings trains one of its own and never replaces a shared one."""
+    path = phase0_path(results_dir, spec, hp, data.source)
     asked = phase0_identity(spec, hp, data.source)
-    with holding(run_lock(results_dir, f"phase0-{spec.phase0_name}"), say, f"phase 0 {spec.phase0_name}"):
+    with holding(run_lock(results_dir, f"phase0-{path.stem}"), say, f"phase 0 {path.stem}"):
         saved = read_pt(path, say, "phase 0 is trained again") if path.exists() else None
         if saved is not None:
-            known = {"model": asked["model"], "hparams": asdict(HParams.from_record(saved["hparams"])),
-                     "data": data_identity(saved["data"])}  # the model part is in the file's name
-            if known == asked:
-                say(f"{spec.name}: phase 0 loaded from {path.name}")
-                return saved["theta0"], saved["state"], saved["history"]
-            if not force:
-                check_identity(path, known, asked)
+            check_identity(path, phase0_file_identity(saved, path), asked)
+            say(f"{spec.name}: phase 0 loaded from {path.name}")
+            return load_theta0(results_dir, spec), saved["state"], saved["history"]
         model = build_model(spec).to(dev)
         theta0 = snapshot(model)
         epochs = train(model, data, spec.epochs, None, phase_seed(spec.seed, 0), dev, hp, desc="dense",
                        progress=progress, on_epoch=on_epoch)
-        history = annotate(epochs, "dense", 0, 0, sparsity_report(dense_masks(model)))
-        save_atomic({"theta0": to_cpu(theta0), "state": to_cpu(model.state_dict()), "history": history,
-                     "data": data.source, "hparams": asdict(hp)}, path)
+        history = annotate(epochs, "dense", 0, 0, sparsity_report(dense_masks(model)), describe_device(dev,
+                                                                                                        hp.precision))
+        if not theta0_path(results_dir, spec).exists():
+            save_atomic(to_cpu(theta0), theta0_path(results_dir, spec))
+        save_atomic({"identity": asked, "state": to_cpu(model.state_dict()), "history": history}, path)
     say(f"{spec.name}: phase 0 ({spec.epochs} epochs dense): val_acc {history[-1]['val_acc']:.4f}")
     return theta0, model.state_dict(), history
+
+
+def phase0_file_identity(saved: dict, path: Path) -> dict:
+    try:
+        identity = saved["identity"]
+        return {"model": identity["model"], "hparams": non_default(HParams.from_record(identity["hparams"])),
+                "data": data_identity(identity["data"])}
+    except (KeyError, TypeError, ValueError) as e:
+        raise DamagedFile(f"{path} carries no readable identity ({type(e).__name__}: {e}); delete it, and phase 0 is "
+                          "trained again.") from None
+
+
+def load_phase0(results_dir: Path | str, record: dict) -> dict:
+    """The phase 0 a finished run started from: {"state", "history", "identity"}, checked against the record."""
+    path = record_phase0_path(results_dir, record)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: the phase 0 of {record['name']} is not in this folder "
+                                "(only the shared 5-epoch phases 0 are committed); run it again to recompute it.")
+    try:
+        saved = torch.load(path, map_location="cpu")
+    except Exception as e:
+        raise DamagedFile(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}). Restore it "
+                          "(`git checkout -- PATH` if it is committed), or delete it to train it again.") from None
+    spec = RunSpec(**record["params"])
+    check_identity(path, phase0_file_identity(saved, path),
+                   phase0_identity(spec, HParams.from_record(record["hparams"]), record["data"]))
+    return saved
+
+
+def load_theta0(results_dir: Path | str, spec: RunSpec) -> dict[str, torch.Tensor]:
+    """The initial weights of a run's model and seed, saved once and shared by every phase 0 that starts there."""
+    path = theta0_path(results_dir, spec)
+    theta0 = read_pt(path, print, "phase 0 cannot start without it") if path.exists() else None
+    if theta0 is None:
+        raise DamagedFile(f"{path} is missing or damaged: it holds the initial weights of {spec.phase0_name}'s "
+                          "model. Restore it (`git checkout -- PATH`), or delete the phase-0 files of this seed to "
+                          "train them again.")
+    return theta0
 
 
 def first_epoch_eta(epochs: int, say: Callable) -> Callable[[dict], None]:
@@ -935,8 +1160,10 @@ def pack_masks(masks: Masks) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(np.packbits(m.cpu().numpy().ravel())) for name, m in masks.items()}
 
 
-def save_masks(path: Path, round_masks: dict[int, dict[str, torch.Tensor]]) -> None:
+def save_masks(path: Path, round_masks: dict[int, dict[str, torch.Tensor]], identity: dict) -> None:
+    """Every round's masks, with the identity of the run that made them: masks are never read for another run."""
     arrays = {f"round{r}/{name}": bits.numpy() for r, layers in round_masks.items() for name, bits in layers.items()}
+    arrays["identity"] = np.array(json.dumps(identity, sort_keys=True, default=lambda v: v.item()))
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
@@ -944,19 +1171,32 @@ def save_masks(path: Path, round_masks: dict[int, dict[str, torch.Tensor]]) -> N
     atomic_write(path, write)
 
 
-def load_masks(results_dir: Path | str, spec: RunSpec) -> dict[int, Masks]:
-    """The masks a finished pruned run had in each round, as bool tensors: {round: {parameter name: mask}}."""
-    path = masks_path(results_dir, spec)
+def load_masks(results_dir: Path | str, record: dict) -> dict[int, Masks]:
+    """The masks a finished pruned run had in each round, as bool tensors: {round: {parameter name: mask}}; checked
+    against the identity of the run's record."""
+    spec = RunSpec(**record["params"])
+    path, owner = masks_path(results_dir, spec), record_path(results_dir, spec)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: {spec.name} is not finished, or ran before masks were "
                                 "saved (run it again with force=True to save them).")
     shapes = {name: w.shape for name, w in prunable_weights(build_model(spec)).items()}
     out: dict[int, Masks] = {}
-    with np.load(path) as f:
-        for key in f.files:
-            r, name = key.split("/", 1)
-            bits = np.unpackbits(f[key], count=math.prod(shapes[name])).astype(bool)
-            out.setdefault(int(r.removeprefix("round")), {})[name] = torch.from_numpy(bits.reshape(shapes[name]))
+    try:
+        with np.load(path) as f:
+            identity = saved_identity(**json.loads(str(f["identity"])))
+            for key in f.files:
+                if key != "identity":
+                    r, name = key.split("/", 1)
+                    bits = np.unpackbits(f[key], count=math.prod(shapes[name])).astype(bool)
+                    out.setdefault(int(r.removeprefix("round")), {})[name] = torch.from_numpy(
+                        bits.reshape(shapes[name]))
+    except Exception as e:
+        raise DamagedFile(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}). Restore it "
+                          "(`git checkout -- PATH` if it is committed), or compute the run again (force=True).") from None
+    if identity != record_identity(record):
+        raise ResultMismatch(f"{path} holds the masks of another run than {owner} "
+                             f"({'; '.join(differences(identity, record_identity(record)))}): restore the run's own "
+                             "masks, or compute the run again (force=True).")
     return dict(sorted(out.items()))
 
 
@@ -997,36 +1237,32 @@ def build_model(spec: RunSpec) -> CNN:
     return CNN(batchnorm=spec.batchnorm, dropout=spec.dropout)
 
 
-def annotate(epochs: list[dict], phase: str, round_: int, cum_start: int, report: dict) -> list[dict]:
-    return [{"phase": phase, "round": round_, **e, "cum_epoch": cum_start + e["epoch"],
-             "sparsity": report["overall"], "layer_sparsity": report["layers"]} for e in epochs]
+def annotate(epochs: list[dict], phase: str, round_: int, cum_start: int, report: dict, device: str) -> list[dict]:
+    return [{"phase": phase, "round": round_, **e, "cum_epoch": cum_start + e["epoch"], "sparsity": report["overall"],
+             "layer_sparsity": report["layers"], "device": device} for e in epochs]
+
+
+QUICK_SUBSET = (2048, 1024)  # training and test images of a quick run
 
 
 def load_data(data_dir: str | None = None, quick: bool = False) -> Data:
     """The notebooks' data: all of CIFAR-10, or a small subset for a quick end-to-end check."""
     data = load_cifar10(data_dir)
-    return data.subset(2048, 1024) if quick else data
-
-
-def results_root(path: str | None = None, quick: bool = False) -> Path:
-    """Where runs are saved: results/, or results_quick/ so that quick runs never mix with real ones, under the
-    repository root or $LTH_RESULTS (Colab: a Drive folder). A relative `path` is relative to the repository root."""
-    return ROOT / path if path else Path(os.environ.get("LTH_RESULTS") or ROOT) / ("results_quick" if quick else
-                                                                                   "results")
+    return data.subset(*QUICK_SUBSET) if as_bool("quick", quick) else data
 
 
 def notebook_setup(data_dir: str | None, quick: bool, results_dir: str | None, device: str | None,
                    precision: str) -> tuple[Data, Path, HParams]:
     """A run notebook's first step: its data, results folder and precision, said before anything trains."""
     style()
+    quick = as_bool("quick", quick)
     dev = resolve_device(device)
-    results = results_root(results_dir, quick)
     data = load_data(data_dir, quick)
+    results = results_root(results_dir, quick, data.source)
+    check_folder(results, data.source)
     hp = resolve_hparams(HParams(precision=precision), dev, results)
-    where = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
-    print(f"data: {data.source['description']} ({data.source['file']}, sha256 {data.source.get('sha256', '?')[:12]}…"
-          f"{', quick subset' if quick else ''})\nresults: {where}/\ndevice: {describe_device(dev, hp.precision)}\n"
-          f"precision: {hp.precision} (asked: {precision})")
+    print(f"data: {describe_data(data.source)}, {data.source['file']}\nresults: {folder_note(results, quick)}\n"
+          f"device: {describe_device(dev, hp.precision)}\nprecision: {hp.precision} (asked: {precision})")
     return data, results, hp
 
 
@@ -1072,12 +1308,31 @@ def read_pt(path: Path, say: Callable, then: str):
         return None
 
 
-def read_record(path: Path) -> dict:
+def read_json(path: Path):
     try:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise DamagedFile(f"{path} is damaged ({e}). Restore it (`git checkout -- {path}` if it is committed), or "
                           "delete it to compute the run again.") from None
+
+
+RECORD_KEYS = ("experiment", "name", "params", "hparams", "history", "final_val_acc", "final_sparsity", "data")
+
+
+def read_record(path: Path) -> dict:
+    """A finished run's record; DamagedFile, naming the file, for anything that is not one."""
+    record = read_json(path)
+    try:
+        missing = [k for k in RECORD_KEYS if k not in record]
+        if missing:
+            raise ValueError(f"it lacks {', '.join(missing)}")
+        record_identity(record)  # its params, hparams and data are ones a run can have
+        if not record["history"] or not all(isinstance(e, dict) and "val_acc" in e for e in record["history"]):
+            raise ValueError("its history is not a list of epochs")
+    except (TypeError, ValueError, AttributeError) as e:
+        raise DamagedFile(f"{path} is not a run record ({type(e).__name__}: {e}). Restore it (`git checkout -- "
+                          f"{path}` if it is committed), or delete it to compute the run again.") from None
+    return record
 
 
 def describe_device(dev: torch.device, precision: str | None = None) -> str:
@@ -1092,14 +1347,28 @@ def versions() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
-def load_records(results_dir: Path | str = RESULTS, experiment: str | None = None) -> list[dict]:
-    """Every finished run's record; a damaged one is named in a warning and left out, so the others still count."""
+def load_records(results_dir: Path | str | None = None, experiment: str | None = None,
+                 skipped: list[str] | None = None) -> list[dict]:
+    """Every finished run's record; a damaged one is named in a warning (and in `skipped`) and left out, so the
+    others still count."""
     records = []
-    for path in sorted(Path(results_dir).glob(f"runs/{experiment or '*'}/*.json")):
+    for path in sorted(Path(results_dir or results_root()).glob(f"runs/{experiment or '*'}/*.json")):
         try:
             records.append(read_record(path))
         except DamagedFile as e:
             warnings.warn(str(e), stacklevel=2)
+            if skipped is not None:
+                skipped.append(str(e))
+    return records
+
+
+def one_data_set(records: list[dict]) -> list[dict]:
+    """`records`, refused when they were made on different data: such records are never pooled."""
+    sets = collections.Counter(describe_data(r["data"]) for r in records)
+    if len(sets) > 1:
+        raise ResultMismatch("these records were made on different data, so they are not pooled: "
+                             + "; ".join(f"{n} runs on {d}" for d, n in sets.items())
+                             + ". Keep each data set in a results folder of its own.")
     return records
 
 
@@ -1280,15 +1549,25 @@ def results_markdown(records: list[dict], **model) -> str:
     return "\n".join(lines + ["", *[f"- {line}" for line in findings(records, **model)], "", compute])
 
 
-def write_readme_results(text: str, readme: Path = ROOT / "README.md") -> None:
-    """Replace the README's results between its two markers with `text`, computed from the records."""
+def write_readme_results(text: str, results_dir: Path | str, records: list[dict],
+                         readme: Path = ROOT / "README.md") -> str:
+    """Replace the README's results between its two markers with `text`, computed from `records`: only from the
+    published study, and only when every run in it was made on the folder's data. Says what it did."""
+    if not is_published(results_dir):
+        return f"The README's results are written from {PUBLISHED_RESULTS.name}/ only; {results_dir} is not it."
+    saved = folder_data(results_dir)
+    other = [r["name"] for r in records if saved is None or data_identity(r["data"]) != saved["data"]]
+    if other:
+        return (f"The README's results were not rewritten: {len(other)} runs ({', '.join(other[:3])}) were not made on "
+                f"the data named in {Path(results_dir) / MANIFEST}.")
     start, end = "<!-- results: written by notebooks/06_summary.ipynb from the records -->", "<!-- end of results -->"
     before, rest = readme.read_text().split(start)
     write_text = before + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
     atomic_write(readme, lambda f: f.write_text(write_text))
+    return f"The README's results were rewritten from these {len(records)} runs."
 
 
-def reading(record: dict, results_dir: Path | str = RESULTS) -> str:
+def reading(record: dict, results_dir: Path | str) -> str:
     """A run's result in words: against the dense baseline of its model and the other arms at its sparsity."""
     p = record["params"]
     same_model = lambda r: all(r["params"][k] == p[k] for k in ("batchnorm", "dropout", "seed"))
@@ -1315,7 +1594,7 @@ def style() -> None:
     sns.set_theme(style="whitegrid", context="notebook")
 
 
-def save_figure(fig, name: str, results_dir: Path | str = RESULTS) -> Path:
+def save_figure(fig, name: str, results_dir: Path | str) -> Path:
     """Save under results/figures/ as PNG, readable on GitHub."""
     path = Path(results_dir) / "figures" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1448,13 +1727,20 @@ def view_layers(records: list[dict], results_dir: Path | str, choice: dict):
     return fig
 
 
-def _with_masks(records: list[dict], results_dir: Path | str, choice: dict) -> dict[str, tuple[dict, dict]]:
+UNREADABLE = (FileNotFoundError, DamagedFile, ResultMismatch)  # a saved file a view skips, and names
+
+
+def _with_masks(records: list[dict], results_dir: Path | str, choice: dict,
+                skipped: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
     """The chosen runs (at choice['seed']) whose masks were saved: experiment -> (record, {round: masks})."""
     out = {}
     for r in chosen(records, choice):
         spec = RunSpec(**r["params"])
         if spec.seed == choice["seed"] and masks_path(results_dir, spec).exists() and r["experiment"] not in out:
-            out[r["experiment"]] = (r, load_masks(results_dir, spec))
+            try:
+                out[r["experiment"]] = (r, load_masks(results_dir, r))
+            except UNREADABLE as e:
+                (skipped if skipped is not None else []).append(str(e))
     return out
 
 
@@ -1466,7 +1752,10 @@ def view_init_magnitudes(records: list[dict], results_dir: Path | str, choice: d
                       None if runs else "no saved masks for this choice (runs from before masks were kept)")
     rows = []
     for arm, (r, masks) in runs.items():
-        theta0 = torch.load(phase0_path(results_dir, RunSpec(**r["params"])), map_location="cpu")["theta0"]
+        try:
+            theta0 = load_theta0(results_dir, RunSpec(**r["params"]))
+        except UNREADABLE:
+            continue
         final = masks[max(masks)]
         for k, m in final.items():
             w = theta0[k].abs() / theta0[k].abs().max()
@@ -1493,14 +1782,20 @@ def view_overlap(records: list[dict], results_dir: Path | str, choice: dict):
         # Masks nest (a round prunes only survivors), so a ticket against its own earlier masks says nothing; what
         # round 1 would have kept, pruning to p at once from the same weights, says how early the ticket was chosen.
         if r["params"]["strategy"] == "magnitude":
-            state = torch.load(phase0_path(results_dir, RunSpec(**r["params"])), map_location="cpu")["state"]
+            try:
+                state = load_phase0(results_dir, r)["state"]
+            except UNREADABLE:
+                continue
             rows.append((f"{arm} vs one-shot at round 1", overlap(final, one_shot_masks(
                 {k: state[k] for k in final}, r["params"]["sparsity"]))))
     for arm in runs:  # the same arm's ticket across seeds, where several seeds saved masks
         others = [r for r in chosen(records, {**choice, "arms": [arm]}) if r["params"]["seed"] != choice["seed"]
                   and masks_path(results_dir, RunSpec(**r["params"])).exists()]
         for o in others:
-            m = load_masks(results_dir, RunSpec(**o["params"]))
+            try:
+                m = load_masks(results_dir, o)
+            except UNREADABLE:
+                continue
             rows.append((f"{arm}: seed {choice['seed']} vs seed {o['params']['seed']}",
                          overlap(runs[arm][1][max(runs[arm][1])], m[max(m)])))
     fig, ax = _figure("Mask overlap: shared survivors, against chance",
@@ -1513,13 +1808,15 @@ def view_overlap(records: list[dict], results_dir: Path | str, choice: dict):
     return fig
 
 
-def mask_findings(records: list[dict], results_dir: Path | str, sparsity: float = 0.5) -> list[str]:
+def mask_findings(records: list[dict], results_dir: Path | str, sparsity: float = 0.5,
+                  skipped: list[str] | None = None) -> list[str]:
     """Findings from the saved masks at `sparsity`, per seed that has them: lottery against random, and how much of
-    the ticket a one-shot prune at round 1 would already have chosen; each beside its chance value."""
-    out = []
+    the ticket a one-shot prune at round 1 would already have chosen; each beside its chance value. A file that
+    cannot be read is named in `skipped`, and the rest goes on."""
+    out, skipped = [], skipped if skipped is not None else []
     for seed in sorted({r["params"]["seed"] for r in records}):
         runs = _with_masks(records, results_dir, {**default_choice(records), "sparsity": sparsity, "seed": seed,
-                                                  "arms": ["lottery", "random"]})
+                                                  "arms": ["lottery", "random"]}, skipped)
         if "lottery" not in runs:
             continue
         r, masks = runs["lottery"]
@@ -1529,7 +1826,11 @@ def mask_findings(records: list[dict], results_dir: Path | str, sparsity: float 
             out.append(f"Seed {seed}, {sparsity:.0%}: the ticket and random pruning share {o['shared']:.1%} of their "
                        f"survivors (chance {o['shared_chance']:.1%}; Jaccard {o['jaccard']:.3f}, chance "
                        f"{o['jaccard_chance']:.3f}).")
-        state = torch.load(phase0_path(results_dir, RunSpec(**r["params"])), map_location="cpu")["state"]
+        try:
+            state = load_phase0(results_dir, r)["state"]
+        except UNREADABLE as e:
+            skipped.append(str(e))
+            continue
         o = overlap(final, one_shot_masks({k: state[k] for k in final}, sparsity))
         out.append(f"Seed {seed}, {sparsity:.0%}: {o['shared']:.1%} of the ticket's survivors after {max(masks)} "
                    f"rounds are among those a one-shot prune to {sparsity:.0%} would have kept at round 1 (chance "

@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the fastest safe one on the device)")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 for every parameter set (default 1)")
     p.add_argument("--quick", action="store_true", help="tiny subset, 1 epoch a phase, saved in results_quick/")
-    p.add_argument("--results-dir", help="where runs and executed notebooks go (default: results/, or results_quick/)")
+    p.add_argument("--results-dir", help="where runs and executed notebooks go (default: results/, or results_quick/; "
+                                         "a folder of the data's own when that one holds other data)")
     p.add_argument("--force", action="store_true",
                    help="compute runs again even if done; each record is replaced only once its new run is complete")
     p.add_argument("--list", action="store_true", help="show what would run and what is done, then stop")
@@ -101,18 +102,30 @@ class Job:
     notebook: str
     params: dict
     spec: H.RunSpec | None
+    quick: bool = False
 
 
 def jobs(args: argparse.Namespace) -> list[Job]:
-    """Every execution in order; every spec is validated before anything trains."""
-    out = []
+    """Every execution in order; every spec is validated before anything trains. An --only filter that matches no
+    parameter set is an error that lists the values there are."""
+    out, used = [], set()
     for notebook, (experiment, param_sets) in PLAN.items():
         for params in param_sets:
             for seed in range(args.seeds) if experiment else [None]:
                 run_params = {**params, "seed": seed} if experiment else {}
                 spec = H.RunSpec.of(experiment, quick=args.quick, **run_params) if experiment else None
-                if not args.only or any(nb == notebook and matches(spec, where) for nb, where in args.only):
-                    out.append(Job(notebook, run_params, spec))
+                hits = {i for i, (nb, where) in enumerate(args.only or []) if nb == notebook and matches(spec, where)}
+                used |= hits
+                if not args.only or hits:
+                    out.append(Job(notebook, run_params, spec, args.quick))
+    for nb, where in [f for i, f in enumerate(args.only or []) if i not in used]:
+        experiment, param_sets = PLAN[nb]
+        specs = [H.RunSpec.of(experiment, quick=args.quick, **p, seed=s) for p in param_sets for s in
+                 range(args.seeds)] if experiment else []
+        values = "; ".join(f"{k}: {', '.join(sorted({str(getattr(s, k, None)) for s in specs}))}" for k in where)
+        raise ValueError(f"--only {nb}:{','.join(f'{k}={v}' for k, v in where.items())} matches no run of the plan"
+                         + (f" (with --seeds {args.seeds}, {nb} has {values})" if specs else
+                            f" ({nb} takes no parameters)"))
     return out
 
 
@@ -122,8 +135,17 @@ def matches(spec: H.RunSpec | None, where: dict[str, str]) -> bool:
 
 
 def output_path(results: Path, job: Job) -> Path:
-    suffix = "".join(f"__{k}={v}" for k, v in job.params.items())
-    return results / "notebooks" / f"{job.notebook}{suffix}.ipynb"
+    """The executed notebook: its name carries every parameter that differs from the notebook's defaults (the
+    plan's parameter set, what `quick` changes, and `quick` itself), so no two executions share a file."""
+    params = {k: v for k, v in job.params.items() if k != "seed"}
+    if job.spec is not None:
+        planned = H.RunSpec.of(job.spec.experiment, **job.params)
+        params |= {k: v for k, v in H.non_default(job.spec).items() if getattr(planned, k) != v}
+    if job.quick:
+        params["quick"] = True
+    if "seed" in job.params:
+        params["seed"] = job.params["seed"]
+    return results / "notebooks" / f"{job.notebook}{''.join(f'__{k}={v}' for k, v in params.items())}.ipynb"
 
 
 class Study:
@@ -136,7 +158,8 @@ class Study:
         return H.run_identity(spec, self.hp, self.data.source)
 
     def status(self, spec: H.RunSpec) -> str:
-        """done, differs (made with other settings), damaged, running (another process), partial or to do."""
+        """done, differs (made with other settings), damaged, running (another process), partial or to do. Reads
+        only: it works on a read-only folder."""
         record = H.record_path(self.results, spec)
         if record.exists():
             try:
@@ -146,28 +169,48 @@ class Study:
             return "done" if same else "differs"
         if is_locked(self.results, spec.name):
             return "running"
-        return "partial" if H.checkpoint_path(self.results, spec).exists() else "to do"
+        if not H.checkpoint_path(self.results, spec).exists():
+            return "to do"
+        try:
+            saved = torch.load(H.checkpoint_path(self.results, spec), map_location="cpu", mmap=True)
+        except Exception:
+            return "partial"  # a damaged checkpoint is set aside and the run restarts after its phase 0
+        try:
+            same = H.checkpoint_identity(saved, H.checkpoint_path(self.results, spec)) == self.identity(spec)
+        except H.DamagedFile:
+            return "partial"
+        return "partial" if same else "differs"
 
     def epochs_left(self, todo: list[H.RunSpec]) -> int:
-        """Epochs still to train, counting each shared phase 0 once."""
-        phase0 = {s.phase0_name: s.epochs for s in todo if not H.phase0_path(self.results, s).exists()}
+        """Epochs still to train for the runs that will train (to do or partial), counting each shared phase 0 once."""
+        todo = [s for s in todo if self.status(s) in ("to do", "partial")]
+        phase0 = {s.phase0_name: s.epochs for s in todo
+                  if not H.phase0_path(self.results, s, self.hp, self.data.source).exists()}
         return sum(phase0.values()) + sum((s.rounds - self.rounds_done(s)) * s.epochs for s in todo)
 
     def rounds_done(self, spec: H.RunSpec) -> int:
         """Rounds an interrupted run has finished (its checkpoint), 0 for a run not started or a damaged checkpoint."""
         try:
-            return torch.load(H.checkpoint_path(self.results, spec), map_location="cpu")["history"][-1]["round"]
+            saved = torch.load(H.checkpoint_path(self.results, spec), map_location="cpu", mmap=True)
+            return saved["history"][-1]["round"]
         except Exception:
             return 0
 
 
 def is_locked(results: Path, name: str) -> bool:
-    from filelock import Timeout
-    lock = H.run_lock(results, name)
+    """Whether another process holds a run's lock; without touching the folder when nobody ever took it, and False
+    where the folder is read-only (no writer can hold a lock there)."""
+    from filelock import FileLock, Timeout
+    path = results / ".locks" / f"{name}.lock"
+    if not path.exists():
+        return False
+    lock = FileLock(path)
     try:
         lock.acquire(timeout=0)
     except Timeout:
         return True
+    except OSError:
+        return False
     lock.release()
     return False
 
@@ -184,12 +227,13 @@ def notebook_finished(path: Path) -> bool:
 
 
 def execute(job: Job, out: Path, parameters: dict, recorded_as: str | None = None) -> None:
-    """Execute into a temporary file and move it to `out` only when it finished: `out` is never half a notebook.
+    """Execute into a temporary file outside the results (a killed runner leaves nothing there) and move it to
+    `out` only when it finished: `out` is never half a notebook.
 
     A failed execution is kept as <out>.failed.ipynb to read its error; the previous `out`, if any, stays."""
     import papermill as pm
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".running.ipynb")
+    fd, tmp = tempfile.mkstemp(prefix=f"{out.stem}.", suffix=".running.ipynb")
     os.close(fd)
     try:
         pm.execute_notebook(NOTEBOOKS / f"{job.notebook}.ipynb", tmp, parameters=parameters, cwd=NOTEBOOKS,
@@ -197,7 +241,7 @@ def execute(job: Job, out: Path, parameters: dict, recorded_as: str | None = Non
                             shutdown_kernel="immediate")  # Ctrl-C: killed, not torn down mid-reply (tracebacks)
     except BaseException:
         if Path(tmp).exists() and Path(tmp).stat().st_size:
-            os.replace(tmp, out.with_suffix(".failed.ipynb"))
+            H.atomic_write(out.with_suffix(".failed.ipynb"), lambda f: f.write_bytes(Path(tmp).read_bytes()))
         Path(tmp).unlink(missing_ok=True)
         raise
     nb = nbformat.read(tmp, as_version=4)
@@ -240,21 +284,22 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             print(f"run_all.py: error: --workers needs Ray, which is not installed: {RAY_INSTALL}", file=sys.stderr)
             return 2
-    results = H.results_root(args.results_dir, args.quick)
     try:
         plan = jobs(args)
         data = H.load_data(args.data_dir, args.quick)  # once, up front: a bad --data-dir fails here, not per notebook
+        results = H.results_root(args.results_dir, args.quick, data.source)
+        H.check_folder(results, data.source)
         hp = H.resolve_hparams(H.HParams(precision=args.precision), args.device, results)
-    except (ValueError, H.DataError) as e:
+    except (ValueError, H.DataError, H.ResultMismatch, H.DamagedFile) as e:
         print(f"run_all.py: error: {e}", file=sys.stderr)
         return 2
     study = Study(results, data, hp)
+    print(f"results: {H.folder_note(results, args.quick)}")
     if args.list:
         for job in plan:
             print(f"{study.status(job.spec) if job.spec else 'summary':8s} {job.notebook} {job.params or ''}")
-        todo = [j.spec for j in plan if j.spec and study.status(j.spec) != "done"]
-        print(f"{study.epochs_left(todo)} epochs to train; data: {data.source['description']}; "
-              f"precision {hp.precision} on {args.device}")
+        print(f"{study.epochs_left([j.spec for j in plan if j.spec])} epochs to train; data: "
+              f"{H.describe_data(data.source)}; precision {hp.precision} on {args.device}")
         return 0
     if args.data_dir:  # the kernels read it from the environment, so no machine path lands in the notebooks
         os.environ["CIFAR10_DATA"] = str(Path(args.data_dir).resolve())
@@ -268,8 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers:
             finished += run_parallel(args, pending, study, failed)
         else:
-            print(f"data: {data.source['description']} ({data.source['file']}); precision {hp.precision} on "
-                  f"{args.device}")
+            print(f"data: {H.describe_data(data.source)}; precision {hp.precision} on {args.device}")
             finished += run_sequential(args, pending, study, failed)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {finished} of {len(plan)} executions finished; runs in progress keep their last "
@@ -324,9 +368,14 @@ def run_sequential(args, pending: list[Job], study: Study, failed: list[str]) ->
         left = study.epochs_left(todo)
         elapsed = time.time() - start
         eta = f"{left * elapsed / trained_epochs / 60:.0f} min" if trained_epochs else "after the first run"
-        print(f"[{i}/{len(pending)}] {job.notebook} {job.params or ''} · {left} epochs to train · "
-              f"{elapsed / 60:.0f} min so far · ETA {eta}", flush=True)
-        t0 = time.time()
+        print(f"[{i}/{len(pending)}] {job.notebook} {job.params or ''}"
+              + (f" · {left} epochs to train · {elapsed / 60:.0f} min so far · ETA {eta}" if left else ""), flush=True)
+        state = study.status(job.spec) if job.spec else "summary"
+        if state == "running" or (state == "done" and not args.force
+                                  and notebook_finished(output_path(study.results, job))):
+            print(f"{job.notebook} {job.params}: {'another process is computing it' if state == 'running' else 'done by another process'}; skipped")
+            continue  # another runner took it since this one started
+        t0, damaged = time.time(), set(study.results.rglob("*.damaged"))
         try:
             execute(job, output_path(study.results, job), parameters(args, study, job))
             result = "ok"
@@ -334,7 +383,10 @@ def run_sequential(args, pending: list[Job], study: Study, failed: list[str]) ->
         except Exception as e:  # a failed run is logged and the others go on; its checkpoints are kept
             failed.append(f"{job.notebook} {job.params}: {short(e)}")
             result = "failed"
-        trained_epochs += left - study.epochs_left([s for s in todo if s != job.spec or study.status(s) != "done"])
+        for path in sorted(set(study.results.rglob("*.damaged")) - damaged):
+            print(f"WARNING: {path.with_suffix('')} was damaged and is set aside as {path.name}; its work was "
+                  "computed again", file=sys.stderr)
+        trained_epochs += left - study.epochs_left(todo)
         log_timing(study.results, timing_row(job, time.time() - t0, result))
     return finished
 
@@ -380,7 +432,7 @@ def schedule(ray, args, pending: list[Job], study: Study, failed: list[str], tqd
     runs = [j for j in pending if j.spec]
     groups = {}  # phase 0 not on disk yet -> the runs that wait for it
     for job in runs:
-        if job.spec.rounds and not H.phase0_path(study.results, job.spec).exists():
+        if job.spec.rounds and not H.phase0_path(study.results, job.spec, study.hp, study.data.source).exists():
             groups.setdefault(job.spec.phase0_name, []).append(job)
     ready = [j for j in runs if not any(j in g for g in groups.values())]
     queue = [phase0_task.remote(g[0].spec, study.hp, args.quick, str(args.device), env) for g in groups.values()]
@@ -401,8 +453,8 @@ def schedule(ray, args, pending: list[Job], study: Study, failed: list[str], tqd
         if ref in waiting:
             name = waiting.pop(ref)
             try:
-                H.atomic_write(H.phase0_path(study.results, groups[name][0].spec),
-                               lambda f, data=ray.get(ref): f.write_bytes(data))
+                for rel, data in ray.get(ref).items():  # its phase 0, and θ0 if it is the first of its seed
+                    H.atomic_write(study.results / rel, lambda f, data=data: f.write_bytes(data))
                 bar.update(groups[name][0].spec.epochs)
                 ready += groups.pop(name)
             except Exception as e:
@@ -433,7 +485,8 @@ def schedule(ray, args, pending: list[Job], study: Study, failed: list[str], tqd
 def inputs_of(study: Study, spec: H.RunSpec) -> list[Path]:
     """What a run on another machine needs from results/: its phase 0, its checkpoint if interrupted, the records
     its notebook's figures read."""
-    paths = [H.phase0_path(study.results, spec), H.checkpoint_path(study.results, spec)]
+    paths = [H.phase0_path(study.results, spec, study.hp, study.data.source), H.theta0_path(study.results, spec),
+             H.checkpoint_path(study.results, spec), study.results / H.MANIFEST]
     return [p for p in paths if p.exists()] + sorted(study.results.glob("runs/*/*.json"))
 
 
@@ -441,14 +494,16 @@ def short(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
 
 
-def remote_phase0(spec: H.RunSpec, hp: H.HParams, quick: bool, device: str, env: dict) -> bytes:
-    """A Ray task: the dense phase 0 that a group of runs shares, trained once; returns the checkpoint's bytes."""
+def remote_phase0(spec: H.RunSpec, hp: H.HParams, quick: bool, device: str, env: dict) -> dict[str, bytes]:
+    """A Ray task: the dense phase 0 that a group of runs shares, trained once; returns its files' bytes."""
     os.environ.update(env)
     torch.set_num_threads(int(env.get("OMP_NUM_THREADS", torch.get_num_threads())))
     scratch = Path(tempfile.mkdtemp(prefix="lth-phase0-"))
     dev = H.resolve_device(device)
-    H.dense_phase(spec, H.load_data(None, quick).to(dev), dev, scratch, hp, False, lambda *a: None)
-    return H.phase0_path(scratch, spec).read_bytes()
+    data = H.load_data(None, quick)
+    H.dense_phase(spec, data.to(dev), dev, scratch, hp, False, lambda *a: None)
+    paths = [H.phase0_path(scratch, spec, hp, data.source), H.theta0_path(scratch, spec)]
+    return {str(p.relative_to(scratch)): p.read_bytes() for p in paths}
 
 
 def remote_execute(job: Job, params: dict, inputs: dict[str, bytes], driver_node: str, results: str,
@@ -478,7 +533,12 @@ def problem(study: Study, spec: H.RunSpec, state: str) -> str:
     """Why a run is not executed: what differs from the saved record, or which file is damaged, and the fix."""
     path = H.record_path(study.results, spec)
     try:
-        H.check_identity(path, H.record_identity(H.read_record(path)), study.identity(spec))
+        if path.exists():
+            H.check_identity(path, H.record_identity(H.read_record(path)), study.identity(spec))
+        else:
+            path = H.checkpoint_path(study.results, spec)
+            saved = torch.load(path, map_location="cpu", mmap=True)
+            H.check_identity(path, H.checkpoint_identity(saved, path), study.identity(spec))
     except (H.ResultMismatch, H.DamagedFile) as e:
         return str(e).replace("force=True (run_all.py --force)", "--force")
     return state

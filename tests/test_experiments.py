@@ -94,7 +94,8 @@ def test_reading_compares_with_the_dense_baseline_and_the_other_arms(tmp_path):
         spec = H.RunSpec.of(experiment, **params)
         history = [{"round": 0, "val_acc": 0.75}] + [{"round": 1, "val_acc": acc}] * (spec.rounds > 0)
         r = {"experiment": experiment, "name": spec.name, "params": vars(spec), "final_val_acc": acc,
-             "final_sparsity": spec.sparsity, "history": history}
+             "final_sparsity": spec.sparsity, "history": history, "hparams": {"precision": "bf16"},
+             "data": {"sha256": "test"}}
         H.write_json(H.record_path(tmp_path, spec), r)
         return r
     record("baseline", 0.85)
@@ -169,7 +170,8 @@ def fake_record(experiment: str, acc: float, phase0: float = 0.75, **params) -> 
         {"round": r, "val_acc": acc, "sparsity": H.round_sparsities(spec.sparsity, spec.rounds)[r - 1],
          "seconds": 1.0} for r in range(1, spec.rounds + 1)]
     return {"experiment": experiment, "name": spec.name, "params": vars(spec), "final_val_acc": acc,
-            "final_sparsity": spec.sparsity, "history": history, "device": "cpu: test"}
+            "final_sparsity": spec.sparsity, "history": history, "device": "cpu: test",
+            "hparams": {"precision": "bf16"}, "data": {"sha256": "test", "description": "test data"}}
 
 
 def test_findings_compute_gap_range_and_whether_it_exceeds_the_seed_range():
@@ -220,11 +222,15 @@ def test_the_classic_curve_finds_where_each_arm_falls_two_points_below_phase0():
         t.get_text() for t in ax.get_legend().get_texts()}
 
 
-def test_the_readme_results_are_rewritten_between_their_markers(tmp_path):
+def test_the_readme_results_are_rewritten_between_their_markers(tmp_path, monkeypatch):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results: written by notebooks/06_summary.ipynb from the records -->\nold\n"
                       "<!-- end of results -->\noutro\n")
-    H.write_readme_results(H.results_markdown([fake_record("lottery", 0.8, sparsity=0.5)]), readme)
+    monkeypatch.setattr(H, "PUBLISHED_RESULTS", tmp_path / "results")
+    H.write_json(tmp_path / "results" / H.MANIFEST, {"data": {"sha256": "test", "subset": None}})
+    records = [fake_record("lottery", 0.8, sparsity=0.5)]
+    said = H.write_readme_results(H.results_markdown(records), tmp_path / "results", records, readme)
+    assert said == "The README's results were rewritten from these 1 runs."
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro\n") and text.endswith("outro\n")
     assert "| lottery p=0.5 R=5 E=5 | 80.00% | 1 | 75.00% | 0.5000 |" in text

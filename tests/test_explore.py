@@ -39,7 +39,7 @@ def test_the_explorers_widgets_redraw_in_a_live_kernel(quick_study):
     _, results, _ = quick_study
     nb = nbformat.read(H.ROOT / "notebooks" / "07_explore.ipynb", as_version=4)
     params = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-    nb.cells[params].source = f"results_dir = {str(results)!r}\nquick = False"
+    nb.cells[params].source = f"results_dir = {str(results)!r}\nquick = False\ndata_dir = None"
     nb.cells.append(nbformat.v4.new_code_cell(  # as a person would: change two widgets, look at what is drawn
         "import json\n"
         "n = len(shown)\n"

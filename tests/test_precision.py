@@ -90,19 +90,20 @@ def test_bf16_autocast_uses_fp32_kernels_only_where_the_cpu_lacks_bf16_convoluti
     assert calls == [((2, 2), (1, 1), (1, 1), 1)]  # nn.Conv2d's stride, padding, dilation and groups reach it
 
 
-def record(precision_field: dict) -> dict:
+def record(precision: str) -> dict:
     spec = H.RunSpec.of("lottery", sparsity=0.5)
     return {"experiment": "lottery", "name": spec.name, "params": vars(spec),
-            "hparams": {**{k: v for k, v in vars(H.HParams()).items() if k != "precision"}, **precision_field}}
+            "hparams": {**vars(H.HParams()), "precision": precision}, "history": [{"round": 0, "val_acc": 0.5}],
+            "final_val_acc": 0.5, "final_sparsity": 0.5, "data": {"sha256": "test"}}
 
 
 def test_a_study_keeps_the_precision_its_runs_used(tmp_path, monkeypatch):
     monkeypatch.setattr(H, "pick_precision", lambda dev: "fp32")  # what this device alone would pick
     assert H.resolve_hparams(H.HParams(), CPU, tmp_path).precision == "fp32"
-    H.write_json(tmp_path / "runs" / "lottery" / "a.json", record({"bf16": True}))  # a record from before `precision`
+    H.write_json(tmp_path / "runs" / "lottery" / "a.json", record("bf16"))
     assert H.resolve_hparams(H.HParams(), CPU, tmp_path).precision == "bf16"
     assert H.resolve_hparams(H.HParams(precision="fp16"), CPU, tmp_path).precision == "fp16"  # explicit wins
-    H.write_json(tmp_path / "runs" / "lottery" / "b.json", record({"precision": "fp32"}))
+    H.write_json(tmp_path / "runs" / "lottery" / "b.json", record("fp32"))
     with pytest.raises(ValueError, match=r"precisions \['bf16', 'fp32'\]: pass precision explicitly"):
         H.resolve_hparams(H.HParams(), CPU, tmp_path)
 

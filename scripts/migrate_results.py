@@ -1,0 +1,106 @@
+"""Bring a results folder written by earlier versions to today's layout, once, in place; values are unchanged.
+
+    python scripts/migrate_results.py results [--data-dir DIR]
+
+- `data.json`: the folder's data identity, taken from its records (they must agree).
+- phase 0: `checkpoints/phase0/<model>_E<epochs>_seed<seed>.pt` held θ0 and the trained state; θ0 now lives once per
+  model and seed in `checkpoints/theta0/`, and each phase 0 is named by its identity and carries it.
+- masks: each `*.masks.npz` gains the identity of the run that made it (from its record).
+- records: the old `bf16: true/false` hparams key becomes `precision: "bf16"/"fp32"`.
+Running it again changes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import helpers as H  # noqa: E402
+
+OLD_PHASE0 = re.compile(r"bn(?P<bn>[01])_do(?P<do>[^_]+)_E(?P<epochs>\d+)_seed(?P<seed>\d+)\.pt")
+
+
+def today(hparams: dict) -> dict:
+    """Hparams saved before `precision` said `bf16: bool`; the key keeps its place."""
+    return {("precision" if k == "bf16" else k): (("bf16" if v else "fp32") if k == "bf16" else v)
+            for k, v in hparams.items()}
+
+
+def migrate_records(results: Path) -> int:
+    changed = 0
+    for path in sorted(results.glob("runs/*/*.json")):
+        record = json.loads(path.read_text())
+        if "bf16" in record["hparams"]:
+            H.write_json(path, {**record, "hparams": today(record["hparams"])})
+            changed += 1
+    return changed
+
+
+def migrate_manifest(results: Path) -> None:
+    records = H.load_records(results)
+    identities = {json.dumps(H.data_identity(r["data"]), sort_keys=True): r["data"] for r in records}
+    if len(identities) != 1:
+        sys.exit(f"{results}: its records were made on {len(identities)} data sets; split them by hand first.")
+    if not (results / H.MANIFEST).exists():
+        H.claim_folder(results, next(iter(identities.values())))
+
+
+def migrate_phase0(results: Path) -> int:
+    changed = 0
+    for path in sorted((results / "checkpoints" / "phase0").glob("*.pt")):
+        match = OLD_PHASE0.fullmatch(path.name)
+        if not match:
+            continue
+        saved = torch.load(path, map_location="cpu")
+        spec = H.RunSpec("baseline", rounds=0, epochs=int(match["epochs"]), batchnorm=match["bn"] == "1",
+                         dropout=float(match["do"]), seed=int(match["seed"]))
+        hp = H.HParams(**today(saved["hparams"]))
+        theta0 = H.theta0_path(results, spec)
+        if theta0.exists():
+            kept = torch.load(theta0, map_location="cpu")
+            assert all(torch.equal(kept[k], v) for k, v in saved["theta0"].items()), f"{path}: another θ0"
+        else:
+            H.save_atomic(saved["theta0"], theta0)
+        H.save_atomic({"identity": H.phase0_identity(spec, hp, saved["data"]), "state": saved["state"],
+                       "history": saved["history"]}, H.phase0_path(results, spec, hp, saved["data"]))
+        path.unlink()
+        changed += 1
+    return changed
+
+
+def migrate_masks(results: Path) -> int:
+    changed = 0
+    for record in H.load_records(results):
+        path = H.masks_path(results, H.RunSpec(**record["params"]))
+        if not path.exists():
+            continue
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+        if "identity" in arrays:
+            continue
+        rounds = {}
+        for key, bits in arrays.items():
+            r, name = key.split("/", 1)
+            rounds.setdefault(int(r.removeprefix("round")), {})[name] = torch.from_numpy(bits)
+        H.save_masks(path, rounds, H.record_identity(record))
+        changed += 1
+    return changed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", type=Path)
+    results = p.parse_args().results
+    print(f"records: {migrate_records(results)} migrated")
+    migrate_manifest(results)
+    print(f"phase 0: {migrate_phase0(results)} migrated; masks: {migrate_masks(results)} migrated")
+
+
+if __name__ == "__main__":
+    main()
