@@ -35,7 +35,8 @@ if "google.colab" in sys.modules and not os.environ.get("LTH_BATCH"):  # Colab, 
         drive.mount("/content/drive")
         os.environ["LTH_RESULTS"] = f"/content/drive/MyDrive/{{DRIVE_FOLDER}}"
 else:  # the repository holding this notebook: from the kernel's directory, Jupyter's notebook path, or $LTH_ROOT
-    starts = [Path.cwd(), Path(os.environ.get("JPY_SESSION_NAME", ".")).resolve(), Path(os.environ.get("LTH_ROOT", "."))]
+    starts = [Path.cwd(), Path(os.environ.get("JPY_SESSION_NAME", ".")).resolve(),
+              Path(os.environ.get("LTH_ROOT", "."))]
     root = next((p for s in starts for p in (s, *s.parents) if (p / "helpers.py").is_file()), None)
     if root is None:
         raise RuntimeError("helpers.py not found above this directory: start Jupyter inside the repository, or "
@@ -62,8 +63,8 @@ def stamp() -> None:
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         nb = json.loads(path.read_text())
         code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-        setup = {"cell_type": "code", "execution_count": None, "id": "colab-setup", "metadata": {"tags": ["colab-setup"]},
-                 "outputs": [],
+        setup = {"cell_type": "code", "execution_count": None, "id": "colab-setup",
+                 "metadata": {"tags": ["colab-setup"]}, "outputs": [],
                  "source": cell().splitlines(keepends=True)}
         if "colab-setup" in code[0]["metadata"].get("tags", []):
             code[0].update(setup)

@@ -9,7 +9,8 @@ One measurement = one epoch over `--images` training images plus validation over
 which is what an epoch of the notebooks does. Each measurement runs in its own subprocess (after one warm-up epoch)
 so that its peak memory is its own; the variants alternate (a, b, a, b, ...) and the medians are compared.
 
-(a) project: `helpers.train` as the notebooks call it: uint8 data resident on the device, crop + flip as one
+(a) project: `helpers.train` as the notebooks' runs call it (inside `lth.precision.kernels`): uint8 data resident on
+    the device, crop + flip as one
     batched gather, the precision "auto" picks on this device (its row says which), channels_last, no host sync
     inside the epoch; on the CPU glibc keeps freed memory. The --switches rows show each precision beside it.
 (b) reference: `torchvision.datasets.CIFAR10` with Compose([RandomCrop(32, padding=4), RandomHorizontalFlip(),
@@ -34,6 +35,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import helpers as H  # noqa: E402
+from lth import precision  # noqa: E402
+from lth.data import load_data, subset  # noqa: E402
+from lth.runs import resolve_hparams  # noqa: E402
 
 VARIANTS = {  # name -> (path, HParams overrides, torch.compile, glibc keeps freed memory)
     "reference": ("reference", {}, False, False),
@@ -56,13 +60,13 @@ CPU_ONLY = ("reference + glibc keeps freed memory", NATIVE_BF16)  # no-ops on CU
 
 def load(args) -> H.Data:
     try:
-        data = H.load_cifar10(args.data_dir, download=False)
+        data = load_data(args.data_dir, download=False)
     except H.DataError:
         g = torch.Generator().manual_seed(0)
         x = lambda n: torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g).permute(0, 3, 1, 2)
         y = lambda n: torch.randint(0, 10, (n,), generator=g)
         data = H.Data(x(50_000), y(50_000), x(10_000), y(10_000), {"description": "random images of CIFAR-10's shape"})
-    return data.subset(args.images, args.images // 5)
+    return subset(data, args.images, args.images // 5)
 
 
 def reference_train(model: torch.nn.Module, data: H.Data, hp: H.HParams, dev: torch.device, epochs: int = 1) -> float:
@@ -82,8 +86,10 @@ def reference_train(model: torch.nn.Module, data: H.Data, hp: H.HParams, dev: to
     norm = T.Normalize(H.MEAN, H.STD)
     train_set = ArrayCIFAR10(data.x_train.permute(0, 2, 3, 1).numpy(), data.y_train.tolist(),
                              T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm]))
-    test_set = ArrayCIFAR10(data.x_test.permute(0, 2, 3, 1).numpy(), data.y_test.tolist(), T.Compose([T.ToTensor(), norm]))
-    loader = torch.utils.data.DataLoader(train_set, batch_size=hp.batch_size, shuffle=True, num_workers=2, drop_last=True)
+    test_set = ArrayCIFAR10(data.x_test.permute(0, 2, 3, 1).numpy(), data.y_test.tolist(),
+                            T.Compose([T.ToTensor(), norm]))
+    loader = torch.utils.data.DataLoader(train_set, batch_size=hp.batch_size, shuffle=True, num_workers=2,
+                                         drop_last=True)
     opt = torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=hp.momentum, nesterov=True,
                           weight_decay=hp.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, H.warmup_then_decay(epochs * len(loader), hp.warmup))
@@ -109,27 +115,30 @@ def reference_train(model: torch.nn.Module, data: H.Data, hp: H.HParams, dev: to
 def measure(args) -> dict:
     """One variant in this process: a warm-up epoch, then the timed one; images per second and peak memory."""
     path, overrides, compile_, keep_freed_memory = (VARIANTS | SWITCHES)[args.worker]
-    dev = H.resolve_device(args.device)
-    if not keep_freed_memory:  # glibc's default thresholds; helpers.train would raise them on the CPU
-        H.keep_freed_memory = lambda: None
-    elif path == "reference":  # a CPU-only row: what helpers.train does, given to the tutorial loop
-        H.keep_freed_memory()
+    dev = precision.resolve_device(args.device)
+    if not keep_freed_memory:  # glibc's default thresholds; lth.precision.kernels would raise them on the CPU
+        precision.keep_freed_memory = lambda: None
+    elif path == "reference":  # a CPU-only row: what the project's runs do, given to the tutorial loop
+        precision.keep_freed_memory()
     if args.worker == NATIVE_BF16:
-        H.native_bf16_conv = lambda: True
+        precision.native_bf16_conv = lambda: True
     data = load(args)
-    hp = H.HParams(**{"batch_size": args.batch_size, **overrides})
+    hp = resolve_hparams(H.HParams(**{"batch_size": args.batch_size, **overrides}), dev)
     torch.manual_seed(0)
     model = H.CNN().to(dev)
     if compile_:
         model = torch.compile(model)
     if path == "project":
         data = data.to(dev)
-        run = lambda epochs: H.train(model, data, epochs, device=dev, hp=hp, progress=False)[-1]["val_acc"]
+        def run(epochs: int) -> float:
+            with precision.kernels(dev, hp.precision):
+                return H.train(model, data, epochs, device=dev, hp=hp, progress=False)[-1]["val_acc"]
     else:
         run = lambda epochs: reference_train(model, data, hp, dev, epochs)
     if args.accuracy:
         start = time.perf_counter()
-        return {"val_acc": run(args.accuracy), "seconds": time.perf_counter() - start, "data": data.source["description"]}
+        return {"val_acc": run(args.accuracy), "seconds": time.perf_counter() - start,
+                "data": data.source["description"]}
     epoch = lambda: run(1)
     epoch()  # warm-up: kernel selection, worker start-up, compilation
     if dev.type == "cuda":
@@ -140,14 +149,15 @@ def measure(args) -> dict:
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    precision = H.resolve_hparams(hp, dev).precision if path == "project" else "fp32"
+    used = hp.precision if path == "project" else "fp32"
     # CPU: this process's own high-water mark (KiB on Linux). Children are left out: a forked child's RSS counts the
-    # pages it shares with this process (the reference's DataLoader workers, the `ldconfig -p` that importing torch runs).
+    # pages it shares with this process (the reference's DataLoader workers, the `ldconfig -p` that importing torch
+    # runs).
     peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda" else
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
     return {"images_per_s": args.images // hp.batch_size * hp.batch_size / seconds, "peak_mib": peak,
             "data": data.source["description"],
-            "precision": precision + (" on fp32 kernels" if H.bf16_on_fp32_kernels(dev, precision) else "")}
+            "precision": used + (" on fp32 kernels" if precision.bf16_on_fp32_kernels(dev, used) else "")}
 
 
 def worker(variant: str, dev: torch.device, args) -> dict:
@@ -190,14 +200,14 @@ def main() -> int:
     if args.images < args.batch_size:
         p.error(f"--images {args.images} is fewer than one batch of {args.batch_size}")
     try:
-        dev = H.resolve_device(args.device)
+        dev = precision.resolve_device(args.device)
         if args.accuracy:
-            H.load_cifar10(args.data_dir, download=False)
+            load_data(args.data_dir, download=False)  # a real copy, or the error that says where it looked
     except H.DataError as e:
         p.error(f"--accuracy needs CIFAR-10, not random images: {e}")
     except ValueError as e:
         p.error(str(e))
-    print(f"device: {H.describe_device(dev)}; versions: {H.versions()}")
+    print(f"device: {precision.describe_device(dev)}; versions: {precision.versions()}")
     try:
         return compare_accuracy(args, dev) if args.accuracy else compare_speed(args, dev)
     except RuntimeError as e:
@@ -223,7 +233,8 @@ def compare_speed(args, dev: torch.device) -> int:
           "| --- | --- | --- | --- | --- |")
     for v, rs in runs.items():
         speed = statistics.median(r["images_per_s"] for r in rs)
-        print(f"| {v} | {rs[0]['precision']} | {speed:.0f} | {speed / ref:.2f}x | {max(r['peak_mib'] for r in rs):.0f} |")
+        peak = max(r['peak_mib'] for r in rs)
+        print(f"| {v} | {rs[0]['precision']} | {speed:.0f} | {speed / ref:.2f}x | {peak:.0f} |")
     return 0
 
 

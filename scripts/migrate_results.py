@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import helpers as H  # noqa: E402
+from lth import data, identity, spec, store  # noqa: E402
 
 OLD_PHASE0 = re.compile(r"bn(?P<bn>[01])_do(?P<do>[^_]+)_E(?P<epochs>\d+)_seed(?P<seed>\d+)\.pt")
 
@@ -37,18 +38,18 @@ def migrate_records(results: Path) -> int:
     for path in sorted(results.glob("runs/*/*.json")):
         record = json.loads(path.read_text())
         if "bf16" in record["hparams"]:
-            H.write_json(path, {**record, "hparams": today(record["hparams"])})
+            store.write_json(path, {**record, "hparams": today(record["hparams"])})
             changed += 1
     return changed
 
 
 def migrate_manifest(results: Path) -> None:
-    records = H.load_records(results)
-    identities = {json.dumps(H.data_identity(r["data"]), sort_keys=True): r["data"] for r in records}
+    records = store.load_records(results)
+    identities = {json.dumps(data.data_identity(r["data"]), sort_keys=True): r["data"] for r in records}
     if len(identities) != 1:
         sys.exit(f"{results}: its records were made on {len(identities)} data sets; split them by hand first.")
-    if not (results / H.MANIFEST).exists():
-        H.claim_folder(results, next(iter(identities.values())))
+    if not (results / store.MANIFEST).exists():
+        store.claim_folder(results, next(iter(identities.values())))
 
 
 def migrate_phase0(results: Path) -> int:
@@ -58,17 +59,17 @@ def migrate_phase0(results: Path) -> int:
         if not match:
             continue
         saved = torch.load(path, map_location="cpu")
-        spec = H.RunSpec("baseline", rounds=0, epochs=int(match["epochs"]), batchnorm=match["bn"] == "1",
-                         dropout=float(match["do"]), seed=int(match["seed"]))
+        run = spec.RunSpec("baseline", rounds=0, epochs=int(match["epochs"]), batchnorm=match["bn"] == "1",
+                           dropout=float(match["do"]), seed=int(match["seed"]))
         hp = H.HParams(**today(saved["hparams"]))
-        theta0 = H.theta0_path(results, spec)
+        theta0 = store.theta0_path(results, run)
         if theta0.exists():
             kept = torch.load(theta0, map_location="cpu")
             assert all(torch.equal(kept[k], v) for k, v in saved["theta0"].items()), f"{path}: another θ0"
         else:
-            H.save_atomic(saved["theta0"], theta0)
-        H.save_atomic({"identity": H.phase0_identity(spec, hp, saved["data"]), "state": saved["state"],
-                       "history": saved["history"]}, H.phase0_path(results, spec, hp, saved["data"]))
+            store.save_atomic(saved["theta0"], theta0)
+        store.save_atomic({"identity": identity.phase0_identity(run, hp, saved["data"]), "state": saved["state"],
+                           "history": saved["history"]}, store.phase0_path(results, run, hp, saved["data"]))
         path.unlink()
         changed += 1
     return changed
@@ -76,8 +77,8 @@ def migrate_phase0(results: Path) -> int:
 
 def migrate_masks(results: Path) -> int:
     changed = 0
-    for record in H.load_records(results):
-        path = H.masks_path(results, H.RunSpec(**record["params"]))
+    for record in store.load_records(results):
+        path = store.masks_path(results, spec.RunSpec(**record["params"]))
         if not path.exists():
             continue
         with np.load(path) as f:
@@ -88,7 +89,7 @@ def migrate_masks(results: Path) -> int:
         for key, bits in arrays.items():
             r, name = key.split("/", 1)
             rounds.setdefault(int(r.removeprefix("round")), {})[name] = torch.from_numpy(bits)
-        H.save_masks(path, rounds, H.record_identity(record))
+        store.save_masks(path, rounds, identity.record_identity(record))
         changed += 1
     return changed
 

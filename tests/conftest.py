@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from lth.data import load_data
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import helpers as H  # noqa: E402
 
@@ -34,7 +36,7 @@ def fake_npz(tmp_path) -> Path:
 
 @pytest.fixture
 def data(fake_npz) -> H.Data:
-    return H.load_cifar10(fake_npz)
+    return load_data(fake_npz)
 
 
 FAST = H.HParams(batch_size=64, lr=0.05)  # the fake set's 256 images make 4 steps an epoch
@@ -62,3 +64,10 @@ def quick_study(tmp_path_factory) -> tuple[list[str], Path, subprocess.Completed
     np.savez(tmp / "cifar10.npz", **fake_arrays(n_train=600, n_test=200))
     common = ["--quick", "--data-dir", str(tmp / "cifar10.npz"), "--threads-per-run", "2"]
     return common, tmp / "results", run_all(*common, "--results-dir", str(tmp / "results"), timeout=900)
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs the whole quick study is slow, whatever else it does."""
+    for item in items:
+        if "quick_study" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -1,9 +1,13 @@
 import subprocess
 import sys
 
+import pytest
+
 import helpers as H
+from lth.precision import pick_precision, resolve_device
 
 
+@pytest.mark.slow
 def test_speed_benchmark_prints_both_paths_and_the_ratio(tmp_path):
     out = subprocess.run([sys.executable, str(H.ROOT / "benchmarks" / "speed.py"), "--device", "cpu", "--images", "512",
                           "--batch-size", "256", "--repeats", "1", "--data-dir", str(tmp_path / "none")],
@@ -12,7 +16,7 @@ def test_speed_benchmark_prints_both_paths_and_the_ratio(tmp_path):
     rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ")}
     assert {"reference", "project"} <= set(rows)
     assert "| 1.00x |" in rows["reference"] and "random images of CIFAR-10's shape" in out.stdout
-    assert rows["project"].split("|")[2].strip() == H.pick_precision(H.resolve_device("cpu"))
+    assert rows["project"].split("|")[2].strip() == pick_precision(resolve_device("cpu"))
 
 
 def test_speed_benchmark_rejects_bad_options():
@@ -21,6 +25,7 @@ def test_speed_benchmark_rejects_bad_options():
     assert out.returncode == 2 and "--images 100 is fewer than one batch of 512" in out.stderr
 
 
+@pytest.mark.slow
 def test_accuracy_mode_trains_both_paths_on_the_same_data(fake_npz):
     out = subprocess.run([sys.executable, str(H.ROOT / "benchmarks" / "speed.py"), "--device", "cpu", "--accuracy", "1",
                           "--images", "256", "--batch-size", "128", "--data-dir", str(fake_npz)],

@@ -8,22 +8,25 @@ import torchvision
 
 import helpers as H
 from conftest import fake_arrays
+from lth.data import load_data, sha256
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def test_npz_is_loaded_as_uint8_nchw(fake_npz):
-    data = H.load_cifar10(fake_npz)
+    data = load_data(fake_npz)
     assert data.x_train.shape == (256, 3, 32, 32) and data.x_train.dtype == torch.uint8
     assert data.x_test.shape == (128, 3, 32, 32) and data.y_test.dtype == torch.int64
     raw = fake_arrays()
     assert torch.equal(data.x_train[5].permute(1, 2, 0), torch.from_numpy(raw["x_train"][5]))
-    assert data.source == {"kind": "npz", "file": "cifar10.npz", "sha256": H._sha256([fake_npz]),
+    assert data.source == {"kind": "npz", "file": "cifar10.npz", "sha256": sha256([fake_npz]),
                            "description": "CIFAR-10 from a local .npz copy"}  # no machine path
 
 
 def test_folder_holding_the_npz_and_the_environment_variable(fake_npz, monkeypatch):
-    assert H.load_cifar10(fake_npz.parent).source["kind"] == "npz"
+    assert load_data(fake_npz.parent).source["kind"] == "npz"
     monkeypatch.setenv("CIFAR10_DATA", str(fake_npz))
-    assert len(H.load_cifar10().x_train) == 256
+    assert len(load_data().x_train) == 256
 
 
 def test_torchvision_folder(tmp_path, monkeypatch):
@@ -40,7 +43,7 @@ def test_torchvision_folder(tmp_path, monkeypatch):
         with open(folder / name, "wb") as f:
             pickle.dump({"data": rows, "labels": y.tolist()}, f)
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": list(H.CLASSES)}, f)
+        pickle.dump({"label_names": list(CLASSES)}, f)
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
     data = H.load_cifar10(tmp_path, download=False)
@@ -66,17 +69,17 @@ def test_corrupt_and_wrong_shaped_files_are_named(tmp_path):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"this is not a zip file")
     with pytest.raises(H.DataError, match="bad.npz is not a readable .npz"):
-        H.load_cifar10(bad)
+        load_data(bad)
     wrong = tmp_path / "wrong.npz"
     arrays = fake_arrays()
     np.savez(wrong, **{**arrays, "x_test": arrays["x_test"][:, :16]})
     with pytest.raises(H.DataError, match=r"wrong.npz: x_test is uint8 \(128, 16, 32, 3\)"):
-        H.load_cifar10(wrong)
+        load_data(wrong)
     np.savez(wrong, **{k: v for k, v in arrays.items() if k != "y_train"})
     with pytest.raises(H.DataError, match=r"lacks the array\(s\) \['y_train'\]"):
-        H.load_cifar10(wrong)
+        load_data(wrong)
     with pytest.raises(H.DataError, match="does not exist"):
-        H.load_cifar10(tmp_path / "missing.npz")
+        load_data(tmp_path / "missing.npz")
 
 
 def test_augment_crops_and_flips_the_image_itself(data):

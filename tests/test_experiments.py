@@ -7,12 +7,17 @@ import torch
 
 import helpers as H
 from conftest import FAST, run_all
+from lth.plots import plot_classic
+from lth.report import classic_curve, findings, reading, results_markdown, write_readme_results
+from lth.runs import run_experiment
+from lth.spec import ARMS, CLASSIC, RunSpec
+from lth.store import MANIFEST, checkpoint_path, record_path, write_json
 
 ROOT = H.ROOT
 
 
 def run(spec, data, tmp_path, **kw):
-    return H.run_experiment(spec, data, "cpu", tmp_path, FAST, progress=False, **kw)
+    return run_experiment(spec, data, "cpu", tmp_path, FAST, progress=False, **kw)
 
 
 def without_seconds(history):
@@ -21,17 +26,17 @@ def without_seconds(history):
 
 @pytest.mark.parametrize("experiment", ["lottery", "random", "reinit"])
 def test_a_tiny_run_ends_exactly_at_p(experiment, data, tmp_path):
-    spec = H.RunSpec.of(experiment, sparsity=0.5, rounds=3, epochs=1)
+    spec = RunSpec.of(experiment, sparsity=0.5, rounds=3, epochs=1)
     record = run(spec, data, tmp_path)
     assert record["final_sparsity"] == sum(round(0.5 * w.numel()) for w in H.prunable_weights(H.CNN()).values()) / \
         sum(w.numel() for w in H.prunable_weights(H.CNN()).values())
     assert [e["round"] for e in record["history"]] == [0, 1, 2, 3]
     assert [e["cum_epoch"] for e in record["history"]] == [1, 2, 3, 4]
     assert np.allclose([e["sparsity"] for e in record["history"][1:]], H.round_sparsities(0.5, 3), atol=1e-4)
-    assert record["params"]["strategy"] == H.EXPERIMENTS[experiment]["strategy"]
-    saved = json.loads(H.record_path(tmp_path, spec).read_text())
+    assert record["params"]["strategy"] == ARMS[experiment].defaults["strategy"]
+    saved = json.loads(record_path(tmp_path, spec).read_text())
     assert saved == record and {"device", "versions", "data", "seconds", "final_val_acc"} <= set(saved)
-    assert not H.checkpoint_path(tmp_path, spec).exists()  # a finished run leaves no checkpoint
+    assert not checkpoint_path(tmp_path, spec).exists()  # a finished run leaves no checkpoint
 
 
 def test_a_round_rewinds_or_reinitialises_the_survivors():
@@ -45,8 +50,9 @@ def test_a_round_rewinds_or_reinitialises_the_survivors():
     masks = {}
     for experiment in ("lottery", "random", "reinit"):
         model.load_state_dict(trained)
-        spec = H.RunSpec.of(experiment, sparsity=0.5, rounds=5)
-        masks[experiment] = H.prune_and_reset(model, H.dense_masks(model), theta0, spec, 1)
+        spec = RunSpec.of(experiment, sparsity=0.5, rounds=5)
+        masks[experiment] = H.prune_and_reset(model, H.dense_masks(model), theta0, 1, spec.sparsity, spec.rounds,
+                                              spec.strategy, spec.reset, spec.scope, spec.seed, True)
         for name, w in H.prunable_weights(model).items():
             m = masks[experiment][name]
             assert (w[~m] == 0).all()
@@ -62,16 +68,16 @@ def test_phase0_is_trained_once_and_shared(data, tmp_path, monkeypatch):
     calls = []
     train = H.train
     monkeypatch.setattr(H, "train", lambda *a, **k: calls.append(k.get("desc")) or train(*a, **k))
-    a = run(H.RunSpec.of("lottery", sparsity=0.2, rounds=1, epochs=1), data, tmp_path)
-    b = run(H.RunSpec.of("random", sparsity=0.4, rounds=1, epochs=1), data, tmp_path)
+    a = run(RunSpec.of("lottery", sparsity=0.2, rounds=1, epochs=1), data, tmp_path)
+    b = run(RunSpec.of("random", sparsity=0.4, rounds=1, epochs=1), data, tmp_path)
     assert calls.count("dense") == 1 and len(calls) == 3
     assert a["history"][0] == b["history"][0]
-    run(H.RunSpec.of("lottery", sparsity=0.2, rounds=1, epochs=1), data, tmp_path)  # done: loaded, not trained
+    run(RunSpec.of("lottery", sparsity=0.2, rounds=1, epochs=1), data, tmp_path)  # done: loaded, not trained
     assert len(calls) == 3
 
 
 def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(data, tmp_path, monkeypatch):
-    spec = H.RunSpec.of("random", sparsity=0.5, rounds=3, epochs=1, dropout=0.1)
+    spec = RunSpec.of("random", sparsity=0.5, rounds=3, epochs=1, dropout=0.1)
     whole = run(spec, data, tmp_path / "whole")
     train, calls = H.train, []
 
@@ -83,7 +89,7 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(data, tmp_path, m
     monkeypatch.setattr(H, "train", dies_in_round_2)
     with pytest.raises(KeyboardInterrupt):
         run(spec, data, tmp_path / "resumed")
-    assert H.checkpoint_path(tmp_path / "resumed", spec).exists()
+    assert checkpoint_path(tmp_path / "resumed", spec).exists()
     monkeypatch.setattr(H, "train", train)
     resumed = run(spec, data, tmp_path / "resumed")
     assert without_seconds(resumed["history"]) == without_seconds(whole["history"])
@@ -91,18 +97,18 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(data, tmp_path, m
 
 def test_reading_compares_with_the_dense_baseline_and_the_other_arms(tmp_path):
     def record(experiment, acc, **params):
-        spec = H.RunSpec.of(experiment, **params)
+        spec = RunSpec.of(experiment, **params)
         history = [{"round": 0, "val_acc": 0.75}] + [{"round": 1, "val_acc": acc}] * (spec.rounds > 0)
         r = {"experiment": experiment, "name": spec.name, "params": vars(spec), "final_val_acc": acc,
              "final_sparsity": spec.sparsity, "history": history, "hparams": {"precision": "bf16"},
              "data": {"sha256": "test"}}
-        H.write_json(H.record_path(tmp_path, spec), r)
+        write_json(record_path(tmp_path, spec), r)
         return r
     record("baseline", 0.85)
     record("baseline", 0.80, batchnorm=False)  # another model: not its baseline
     record("random", 0.79, sparsity=0.5)
     record("random", 0.81, sparsity=0.2)  # another sparsity: not compared
-    text = H.reading(record("lottery", 0.84, sparsity=0.5), tmp_path)
+    text = reading(record("lottery", 0.84, sparsity=0.5), tmp_path)
     assert text == ("lottery_p0.5_R5_E5_magnitude_rewind_bn1_do0_seed0: 84.00% validation accuracy at sparsity 50.0%, "
                     "-1.00 points against the dense 25-epoch baseline (85.00%), +9.00 points against its dense phase 0 "
                     "(5 epochs: 75.00%); random at the same sparsity and schedule: 79.00%.")
@@ -118,9 +124,9 @@ def test_bad_run_parameters_name_the_parameter():
              (dict(sparsity=0.5, sparsty=0.3), "unknown parameter\\(s\\) \\['sparsty'\\]")]
     for params, message in cases:
         with pytest.raises(ValueError, match=message):
-            H.RunSpec.of("lottery", **params)
+            RunSpec.of("lottery", **params)
     with pytest.raises(ValueError, match="experiment='lotery'"):
-        H.RunSpec.of("lotery")
+        RunSpec.of("lotery")
 
 
 def test_run_all_rejects_bad_options():
@@ -165,7 +171,7 @@ def test_more_seeds_give_the_summary_a_range(quick_study):
 
 
 def fake_record(experiment: str, acc: float, phase0: float = 0.75, **params) -> dict:
-    spec = H.RunSpec.of(experiment, **params)
+    spec = RunSpec.of(experiment, **params)
     history = [{"round": 0, "val_acc": phase0, "sparsity": 0.0, "seconds": 1.0}] + [
         {"round": r, "val_acc": acc, "sparsity": H.round_sparsities(spec.sparsity, spec.rounds)[r - 1],
          "seconds": 1.0} for r in range(1, spec.rounds + 1)]
@@ -180,7 +186,7 @@ def test_findings_compute_gap_range_and_whether_it_exceeds_the_seed_range():
     records += [fake_record("lottery", a, sparsity=0.2, seed=s) for s, a in enumerate((0.78, 0.80))]
     records += [fake_record("random", a, sparsity=0.2, seed=s) for s, a in enumerate((0.79, 0.77))]
     records += [fake_record("reinit", 0.78, sparsity=0.5)]
-    text = "\n".join(H.findings(records))
+    text = "\n".join(findings(records))
     assert ("Sparsity 50%: lottery 81.00% (range 80.00%-82.00%, 3 seeds), random 76.00% (range 75.00%-77.00%, "
             "3 seeds): the ticket leads by +5.00 points, beyond the seed range: the ranges do not overlap") in text
     assert ("Sparsity 20%: lottery 79.00% (range 78.00%-80.00%, 2 seeds), random 78.00% (range 77.00%-79.00%, "
@@ -192,16 +198,16 @@ def test_findings_compute_gap_range_and_whether_it_exceeds_the_seed_range():
     few = [fake_record(arm, 0.74, phase0=0.70, sparsity=0.3, seed=3) for arm in ("lottery", "random")]  # one seed
     assert ("Sparsity 30%: lottery 74.00% (1 seed), random 74.00% (1 seed): the ticket leads by +0.00 points, one "
             "seed: no range to judge it against; against the phase 0 of the same seeds: lottery +4.00 points, random "
-            "+4.00 points.") in "\n".join(H.findings(records + few))
+            "+4.00 points.") in "\n".join(findings(records + few))
 
 
 def test_the_classic_curve_finds_where_each_arm_falls_two_points_below_phase0():
-    classic = dict(H.CLASSIC)
+    classic = dict(CLASSIC)
     lottery = fake_record("lottery", 0.74, **classic)
     random = fake_record("random", 0.60, **classic)
     for e in random["history"][1:]:  # random pruning falls below 73% from round 4 on (0.8^4: 41% of the weights left)
         e["val_acc"] = 0.76 if e["round"] < 4 else 0.60
-    text = "\n".join(H.findings([lottery, random]))
+    text = "\n".join(findings([lottery, random]))
     assert ("lottery (seed 0; their phase 0 75.00%): never more than 2 points below it, down to 5.5% of the weights "
             "left (74.00%)") in text
     assert ("random (seed 0; their phase 0 75.00%): first more than 2 points below the dense phase 0 at 41.0% of the "
@@ -209,14 +215,14 @@ def test_the_classic_curve_finds_where_each_arm_falls_two_points_below_phase0():
     # a second seed of random only, with a weaker phase 0: random is read against the phase 0 of its own seeds, and
     # each seed's own crossing is given (seed 1 never falls 2 points below its 70% phase 0)
     random1 = fake_record("random", 0.69, phase0=0.70, seed=1, **classic)
-    text = "\n".join(H.findings([lottery, random, random1]))
+    text = "\n".join(findings([lottery, random, random1]))
     assert "dense phase 0 72.50% (range 70.00%-75.00%, 2 seeds)" in text
     assert ("random (mean of seeds 0, 1; their phase 0 72.50%): first more than 2 points below the dense phase 0 at "
             "41.0% of the weights left (64.50%); best 72.50% at 80.0% left. Seed by seed, first more than 2 points "
             "below at: 41.0%, never.") in text
     assert "lottery (seed 0; their phase 0 75.00%): never" in text
-    assert "| random, classic curve (20% a round) R=13 E=5 | 60.00% | 1 |" in H.results_markdown([lottery, random])
-    ax = H.plot_classic(H.classic_curve([lottery, random, random1]))
+    assert "| random, classic curve (20% a round) R=13 E=5 | 60.00% | 1 |" in results_markdown([lottery, random])
+    ax = plot_classic(classic_curve([lottery, random, random1]))
     assert ax.get_xscale() == "log" and ax.get_xlim() == (100, 5)
     assert {"lottery (1 seed)", "random (2 seeds)", "dense phase 0 (0.725)"} <= {
         t.get_text() for t in ax.get_legend().get_texts()}
@@ -226,10 +232,10 @@ def test_the_readme_results_are_rewritten_between_their_markers(tmp_path, monkey
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results: written by notebooks/06_summary.ipynb from the records -->\nold\n"
                       "<!-- end of results -->\noutro\n")
-    monkeypatch.setattr(H, "PUBLISHED_RESULTS", tmp_path / "results")
-    H.write_json(tmp_path / "results" / H.MANIFEST, {"data": {"sha256": "test", "subset": None}})
+    monkeypatch.setattr("lth.store.PUBLISHED_RESULTS", tmp_path / "results")
+    write_json(tmp_path / "results" / MANIFEST, {"data": {"sha256": "test", "subset": None}})
     records = [fake_record("lottery", 0.8, sparsity=0.5)]
-    said = H.write_readme_results(H.results_markdown(records), tmp_path / "results", records, readme)
+    said = write_readme_results(results_markdown(records), tmp_path / "results", records, readme)
     assert said == "The README's results were rewritten from these 1 runs."
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro\n") and text.endswith("outro\n")

@@ -8,6 +8,9 @@ import pytest
 from nbclient import NotebookClient
 
 import helpers as H
+from lth.explore import VIEWS, default_choice, view_overlap
+from lth.report import mask_findings
+from lth.store import load_records
 
 matplotlib.use("Agg")
 
@@ -15,22 +18,22 @@ matplotlib.use("Agg")
 def test_every_view_returns_a_figure_from_saved_runs(quick_study):
     _, results, out = quick_study
     assert out.returncode == 0
-    records = H.load_records(results)
-    choice = {**H.default_choice(records), "sparsity": 0.5}
-    for name, view in H.VIEWS.items():
+    records = load_records(results)
+    choice = {**default_choice(records), "sparsity": 0.5}
+    for name, view in VIEWS.items():
         for seeds in ("mean", "each"):
             fig = view(records, results, {**choice, "seeds": seeds})
             assert fig.axes and fig.axes[0].get_title(), name
             assert not any(t.get_text().startswith("no ") for t in fig.axes[0].texts), name  # it drew the runs
-    overlap = H.view_overlap(records, results, choice).axes[0]
+    overlap = view_overlap(records, results, choice).axes[0]
     labels = [t.get_text() for t in overlap.get_yticklabels()]
     assert "lottery vs random, same sparsity" in labels and "lottery vs one-shot at round 1" in labels
-    assert any("no saved masks" in t.get_text() for t in H.view_overlap([], results, choice).axes[0].texts)
+    assert any("no saved masks" in t.get_text() for t in view_overlap([], results, choice).axes[0].texts)
 
 
 def test_mask_findings_compare_the_ticket_with_random_and_with_round_one(quick_study):
     _, results, _ = quick_study
-    text = "\n".join(H.mask_findings(H.load_records(results), results))
+    text = "\n".join(mask_findings(load_records(results), results))
     assert "the ticket and random pruning share" in text and "(chance 50.0%" in text
     assert "would have kept at round 1" in text
 

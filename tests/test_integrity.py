@@ -3,12 +3,12 @@ damaged files are named, and concurrent writers do not clash. One test (at least
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -17,13 +17,18 @@ import torch
 
 import helpers as H
 from conftest import FAST, fake_arrays
+from lth.data import load_data, subset
+from lth.identity import DamagedFile, ResultMismatch
+from lth.runs import resolve_hparams, run_experiment
+from lth.spec import RunSpec
+from lth.store import checkpoint_path, load_masks, load_records, record_path, save_atomic, write_json
 
 ROOT = H.ROOT
-TINY = H.RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1)
+TINY = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1)
 
 
 def run(spec, data, results, hp=FAST, **kw):
-    return H.run_experiment(spec, data, "cpu", results, hp, progress=False, **kw)
+    return run_experiment(spec, data, "cpu", results, hp, progress=False, **kw)
 
 
 def count_training(monkeypatch) -> list[str]:
@@ -58,7 +63,7 @@ def quick_args(tmp_path, n_train=600, n_test=100):
 
 def test_a_record_made_with_other_hparams_is_not_returned(data, tmp_path):
     run(TINY, data, tmp_path)
-    with pytest.raises(H.ResultMismatch, match="hparams.lr saved 0.05, asked 0.01.*--force"):
+    with pytest.raises(ResultMismatch, match="hparams.lr saved 0.05, asked 0.01.*--force"):
         run(TINY, data, tmp_path, replace(FAST, lr=0.01))
 
 
@@ -67,7 +72,7 @@ def test_a_checkpoint_made_with_other_hparams_is_not_resumed(data, tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         run(TINY, data, tmp_path)  # dies in round 2: phase 0 and round 1 are saved
     phase0 = {p: p.read_bytes() for p in tmp_path.glob("checkpoints/phase0/*.pt")}
-    with pytest.raises(H.ResultMismatch, match=r"\.pt was made with other settings .*hparams.lr"):
+    with pytest.raises(ResultMismatch, match=r"\.pt was made with other settings .*hparams.lr"):
         run(TINY, data, tmp_path, replace(FAST, lr=0.01))
     assert {p: p.read_bytes() for p in phase0} == phase0  # the shared phase 0 was not overwritten
 
@@ -75,21 +80,21 @@ def test_a_checkpoint_made_with_other_hparams_is_not_resumed(data, tmp_path, mon
 def test_a_record_made_on_other_data_is_not_returned(data, tmp_path):
     run(TINY, data, tmp_path)
     np.savez(tmp_path / "other.npz", **fake_arrays(seed=1))
-    with pytest.raises(H.ResultMismatch, match="data.sha256 saved"):
-        run(TINY, H.load_cifar10(tmp_path / "other.npz"), tmp_path)
+    with pytest.raises(ResultMismatch, match="holds runs on other data"):
+        run(TINY, load_data(tmp_path / "other.npz"), tmp_path)
 
 
 # 2. The data is its content, not its path; results carry no machine paths.
 
 def test_the_same_data_file_elsewhere_reuses_phase0_and_no_path_is_saved(fake_npz, tmp_path, monkeypatch):
-    run(TINY, H.load_cifar10(fake_npz), tmp_path / "results")
+    run(TINY, load_data(fake_npz), tmp_path / "results")
     (tmp_path / "moved").mkdir()
     os.symlink(fake_npz, tmp_path / "moved" / "cifar10.npz")
     calls = count_training(monkeypatch)
-    other = H.RunSpec.of("random", sparsity=0.5, rounds=1, epochs=1)
-    record = run(other, H.load_cifar10(tmp_path / "moved"), tmp_path / "results")
+    other = RunSpec.of("random", sparsity=0.5, rounds=1, epochs=1)
+    record = run(other, load_data(tmp_path / "moved"), tmp_path / "results")
     assert calls == ["round 1/1"]  # phase 0 came from the first run
-    saved = H.record_path(tmp_path / "results", other).read_text()
+    saved = record_path(tmp_path / "results", other).read_text()
     assert str(tmp_path) not in saved and record["data"]["file"] == "cifar10.npz"
 
 
@@ -97,17 +102,18 @@ def test_the_same_data_file_elsewhere_reuses_phase0_and_no_path_is_saved(fake_np
 
 def test_force_keeps_the_old_record_until_the_new_run_is_complete(data, tmp_path, monkeypatch):
     run(TINY, data, tmp_path)
-    before = H.record_path(tmp_path, TINY).read_text()
+    before = record_path(tmp_path, TINY).read_text()
     dies_at_call(monkeypatch, 2, RuntimeError("disk full"))  # phase 0 is loaded; round 2 fails
     with pytest.raises(RuntimeError, match="disk full"):
         run(TINY, data, tmp_path, force=True)
-    assert H.record_path(tmp_path, TINY).read_text() == before
+    assert record_path(tmp_path, TINY).read_text() == before
     monkeypatch.undo()
     new = run(TINY, data, tmp_path, force=True)  # resumes the forced run from its round 1, then replaces
-    assert json.loads(H.record_path(tmp_path, TINY).read_text()) == new
+    assert json.loads(record_path(tmp_path, TINY).read_text()) == new
     assert new["seconds"] != json.loads(before)["seconds"]
 
 
+@pytest.mark.slow
 def test_force_with_a_mistyped_data_dir_destroys_nothing(tmp_path):
     args = quick_args(tmp_path)
     assert run_all(*args, "--only", "05_random_reinit:rounds=5", timeout=600).returncode == 0
@@ -124,7 +130,7 @@ def test_force_with_a_mistyped_data_dir_destroys_nothing(tmp_path):
 @pytest.mark.parametrize("experiment", ["lottery", "random", "reinit"])
 @pytest.mark.parametrize("dies_at", [2, 3], ids=["after phase 0", "after round 1 of 3"])
 def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(experiment, dies_at, data, tmp_path, monkeypatch):
-    spec = H.RunSpec.of(experiment, sparsity=0.5, rounds=3, epochs=1, dropout=0.1)
+    spec = RunSpec.of(experiment, sparsity=0.5, rounds=3, epochs=1, dropout=0.1)
     whole = run(spec, data, tmp_path / "whole")
     dies_at_call(monkeypatch, dies_at)
     with pytest.raises(KeyboardInterrupt):
@@ -133,12 +139,13 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(experiment, dies_
     resumed = run(spec, data, tmp_path / "resumed")
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]
     assert strip(resumed["history"]) == strip(whole["history"])
-    assert all(torch.equal(a[k], b[k]) for (a, b) in zip(H.load_masks(tmp_path / "whole", whole).values(),
-                                                         H.load_masks(tmp_path / "resumed", resumed).values()) for k in a)
+    assert all(torch.equal(a[k], b[k]) for (a, b) in zip(load_masks(tmp_path / "whole", whole).values(),
+                                                         load_masks(tmp_path / "resumed", resumed).values()) for k in a)
 
 
 # 5. A notebook counts as done only when its executed copy finished.
 
+@pytest.mark.slow
 def test_a_half_written_notebook_is_executed_again(tmp_path):
     args = quick_args(tmp_path)
     assert run_all(*args, "--only", "05_random_reinit:rounds=5", timeout=600).returncode == 0
@@ -163,10 +170,10 @@ def test_a_truncated_checkpoint_is_set_aside_and_the_run_restarts(data, tmp_path
     with pytest.raises(KeyboardInterrupt):
         run(TINY, data, tmp_path)
     monkeypatch.undo()
-    ckpt = H.checkpoint_path(tmp_path, TINY)
+    ckpt = checkpoint_path(tmp_path, TINY)
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     import run_all as R
-    study = R.Study(tmp_path, data, H.resolve_hparams(FAST, torch.device("cpu")))
+    study = R.Study(tmp_path, data, resolve_hparams(FAST, torch.device("cpu")))
     assert study.status(TINY) == "partial" and study.rounds_done(TINY) == 0  # --list does not crash
     record = run(TINY, data, tmp_path)
     assert [e["round"] for e in record["history"]] == [0, 1, 2]
@@ -175,13 +182,13 @@ def test_a_truncated_checkpoint_is_set_aside_and_the_run_restarts(data, tmp_path
 
 def test_a_truncated_record_is_named_and_the_others_still_load(data, tmp_path):
     run(TINY, data, tmp_path)
-    other = H.RunSpec.of("random", sparsity=0.5, rounds=1, epochs=1)
+    other = RunSpec.of("random", sparsity=0.5, rounds=1, epochs=1)
     run(other, data, tmp_path)
-    path = H.record_path(tmp_path, TINY)
+    path = record_path(tmp_path, TINY)
     path.write_text(path.read_text()[:200])
     with pytest.warns(UserWarning, match=f"{path.name} is damaged.*git checkout"):
-        assert [r["name"] for r in H.load_records(tmp_path)] == [other.name]
-    with pytest.raises(H.DamagedFile, match=f"{path} is damaged.*delete it to compute the run again"):
+        assert [r["name"] for r in load_records(tmp_path)] == [other.name]
+    with pytest.raises(DamagedFile, match=f"{path} is damaged.*delete it to compute the run again"):
         run(TINY, data, tmp_path)
 
 
@@ -189,7 +196,7 @@ def test_a_truncated_phase0_is_set_aside_and_trained_again(data, tmp_path, capsy
     first = run(TINY, data, tmp_path)
     path, = tmp_path.glob("checkpoints/phase0/*.pt")
     path.write_bytes(path.read_bytes()[:500])
-    other = H.RunSpec.of("random", sparsity=0.5, rounds=2, epochs=1)
+    other = RunSpec.of("random", sparsity=0.5, rounds=2, epochs=1)
     record = run(other, data, tmp_path)
     assert record["history"][0]["val_acc"] == first["history"][0]["val_acc"]
     assert f"{path} is damaged" in capsys.readouterr().out
@@ -199,8 +206,8 @@ def test_a_truncated_phase0_is_set_aside_and_trained_again(data, tmp_path, capsy
 
 def _save_many(path: str, n: int) -> None:
     for i in range(n):
-        H.save_atomic({"i": torch.tensor(i)}, H.Path(path))
-        H.write_json(H.Path(path).with_suffix(".json"), {"i": i})
+        save_atomic({"i": torch.tensor(i)}, Path(path))
+        write_json(Path(path).with_suffix(".json"), {"i": i})
 
 
 def test_two_processes_saving_the_same_files_do_not_clash(tmp_path):
@@ -220,11 +227,12 @@ import sys; sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 import torch; torch.set_num_threads(1)
 import helpers as H
 from conftest import FAST
-spec = H.RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1)
-H.run_experiment(spec, H.load_cifar10({npz!r}), "cpu", {results!r}, FAST, progress=False)
+spec = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1)
+run_experiment(spec, load_data({npz!r}), "cpu", {results!r}, FAST, progress=False)
 """
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_results_folder_train_everything_once(fake_npz, tmp_path):
     code = TWO_RUNNERS.format(root=str(ROOT), tests=str(ROOT / "tests"), npz=str(fake_npz),
                               results=str(tmp_path / "results"))
@@ -242,7 +250,7 @@ def test_a_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(OSError, match="No space left"):
-        H.save_atomic({"x": 1}, tmp_path / "ckpt.pt")
+        save_atomic({"x": 1}, tmp_path / "ckpt.pt")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -255,10 +263,12 @@ def test_an_unwritable_timing_log_does_not_stop_the_batch(tmp_path, capsys):
 
 # 8. Smaller defects, each a clear error with its fix.
 
+@pytest.mark.slow
 def test_ctrl_c_ends_with_one_line_saying_how_to_resume(tmp_path):
     args = quick_args(tmp_path, n_train=2048, n_test=200)
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_all.py"), *args, "--only",
-                             "02_lottery_sweep:rounds=5"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             "02_lottery_sweep:rounds=5"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True,
                             start_new_session=True)
     deadline = time.time() + 120
     while not list((tmp_path / "results" / "checkpoints").glob("phase0/*.pt")) and time.time() < deadline:
@@ -280,15 +290,15 @@ def test_empty_and_fractional_data_are_named(tmp_path):
     arrays = fake_arrays()
     np.savez(tmp_path / "empty.npz", **{**arrays, "x_test": arrays["x_test"][:0], "y_test": arrays["y_test"][:0]})
     with pytest.raises(H.DataError, match=r"empty.npz: x_test is uint8 \(0, 32, 32, 3\).*N > 0"):
-        H.load_cifar10(tmp_path / "empty.npz")
+        load_data(tmp_path / "empty.npz")
     np.savez(tmp_path / "frac.npz", **{**arrays, "y_train": arrays["y_train"] + 0.5})
     with pytest.raises(H.DataError, match="frac.npz: y_train is float64.*whole-number labels"):
-        H.load_cifar10(tmp_path / "frac.npz")
+        load_data(tmp_path / "frac.npz")
 
 
 def test_an_empty_test_set_is_a_clear_error(data):
     with pytest.raises(ValueError, match="the test set is empty"):
-        H.train(H.CNN(), data.subset(256, 0), 1, hp=FAST, progress=False)
+        H.train(H.CNN(), subset(data, 256, 0), 1, hp=FAST, progress=False)
 
 
 @pytest.mark.parametrize("field, value", [("batch_size", 0), ("lr", float("nan")), ("lr", -0.1),
@@ -300,14 +310,14 @@ def test_bad_hparams_name_the_parameter(field, value):
 
 def test_a_pruned_experiment_with_zero_rounds_is_refused():
     with pytest.raises(ValueError, match="rounds=0: must be a whole number >= 1 for a 'lottery' run.*'baseline'"):
-        H.RunSpec.of("lottery", rounds=0)
+        RunSpec.of("lottery", rounds=0)
 
 
 def test_a_non_boolean_batchnorm_is_refused():
     with pytest.raises(ValueError, match="batchnorm='maybe': must be True or False"):
-        H.RunSpec.of("lottery", sparsity=0.5, batchnorm="maybe")
+        RunSpec.of("lottery", sparsity=0.5, batchnorm="maybe")
 
 
 def test_sparsities_that_differ_anywhere_have_different_names():
-    a, b = H.RunSpec.of("lottery", sparsity=0.5), H.RunSpec.of("lottery", sparsity=0.5000001)
+    a, b = RunSpec.of("lottery", sparsity=0.5), RunSpec.of("lottery", sparsity=0.5000001)
     assert a.name == "lottery_p0.5_R5_E5_magnitude_rewind_bn1_do0_seed0" and a.name != b.name

@@ -4,28 +4,32 @@ import torch
 
 import helpers as H
 from conftest import FAST
+from lth.report import one_shot_masks, overlap
+from lth.runs import run_experiment
+from lth.spec import RunSpec
+from lth.store import load_masks, masks_path
 
 
 def test_saved_masks_round_trip_exactly_and_match_the_records_sparsity(data, tmp_path, monkeypatch):
-    spec = H.RunSpec.of("lottery", sparsity=0.5, rounds=3, epochs=1)
+    spec = RunSpec.of("lottery", sparsity=0.5, rounds=3, epochs=1)
     kept = {}
     prune_and_reset = H.prune_and_reset
-    monkeypatch.setattr(H, "prune_and_reset", lambda model, masks, theta0, spec, r, hp: kept.setdefault(
-        r, prune_and_reset(model, masks, theta0, spec, r, hp)))
-    record = H.run_experiment(spec, data, "cpu", tmp_path, FAST, progress=False)
-    saved = H.load_masks(tmp_path, record)
+    monkeypatch.setattr(H, "prune_and_reset", lambda model, masks, theta0, r, *args: kept.setdefault(
+        r, prune_and_reset(model, masks, theta0, r, *args)))
+    record = run_experiment(spec, data, "cpu", tmp_path, FAST, progress=False)
+    saved = load_masks(tmp_path, record)
     assert list(saved) == [1, 2, 3]
     for r, masks in saved.items():
         assert all(m.dtype == torch.bool and torch.equal(m, kept[r][k]) for k, m in masks.items())
         assert H.sparsity_report(masks)["layers"] == [e for e in record["history"] if e["round"] == r][-1][
             "layer_sparsity"]
-    assert H.masks_path(tmp_path, spec).stat().st_size < 3 * 62_000  # bits, 8 weights a byte: about 60 KB a round
+    assert masks_path(tmp_path, spec).stat().st_size < 3 * 62_000  # bits, 8 weights a byte: about 60 KB a round
 
 
-def replay_random_masks(spec: H.RunSpec) -> dict[int, H.Masks]:
+def replay_random_masks(spec: RunSpec) -> dict[int, H.Masks]:
     """A random-pruning run's masks after every round, rebuilt without training: its scores are draws of the round's
     generator, whatever the weights."""
-    model = H.build_model(spec)
+    model = H.build_model(spec.seed, spec.batchnorm, spec.dropout)
     masks, out = H.dense_masks(model), {}
     for r in range(1, spec.rounds + 1):
         gen = torch.Generator().manual_seed(H.phase_seed(spec.seed, r))
@@ -35,28 +39,28 @@ def replay_random_masks(spec: H.RunSpec) -> dict[int, H.Masks]:
 
 
 def test_random_masks_are_the_rounds_draws_whatever_the_weights(data, tmp_path):
-    spec = H.RunSpec.of("random", sparsity=0.5, rounds=2, epochs=1)
-    record = H.run_experiment(spec, data, "cpu", tmp_path, FAST, progress=False)
-    saved, replayed = H.load_masks(tmp_path, record), replay_random_masks(spec)
+    spec = RunSpec.of("random", sparsity=0.5, rounds=2, epochs=1)
+    record = run_experiment(spec, data, "cpu", tmp_path, FAST, progress=False)
+    saved, replayed = load_masks(tmp_path, record), replay_random_masks(spec)
     assert all(torch.equal(saved[r][k], replayed[r][k]) for r in saved for k in saved[r])
 
 
 def test_a_run_without_saved_masks_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="ran before masks were saved"):
-        H.load_masks(tmp_path, {"params": vars(H.RunSpec.of("lottery", sparsity=0.5))})
+        load_masks(tmp_path, {"params": vars(RunSpec.of("lottery", sparsity=0.5))})
 
 
 def test_overlap_of_masks_built_by_hand():
     a = {"x": torch.tensor([1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.bool)}
     b = {"x": torch.tensor([1, 1, 0, 0, 1, 1, 0, 0], dtype=torch.bool)}
-    o = H.overlap(a, b)
+    o = overlap(a, b)
     assert o["shared"] == 0.5 and o["jaccard"] == 2 / 6
     assert o["shared_chance"] == 0.5 and o["jaccard_chance"] == 2 / 6  # 4 x 4 / 8 survivors in common by chance
-    assert H.overlap(a, a) == {"shared": 1.0, "shared_chance": 0.5, "jaccard": 1.0, "jaccard_chance": 2 / 6}
+    assert overlap(a, a) == {"shared": 1.0, "shared_chance": 0.5, "jaccard": 1.0, "jaccard_chance": 2 / 6}
     two = {"x": a["x"], "y": torch.tensor([1, 0, 0, 0], dtype=torch.bool)}  # chance is counted layer by layer
-    assert H.overlap(two, two)["shared_chance"] == pytest.approx((4 * 4 / 8 + 1 * 1 / 4) / 5)
+    assert overlap(two, two)["shared_chance"] == pytest.approx((4 * 4 / 8 + 1 * 1 / 4) / 5)
 
 
 def test_one_shot_masks_keep_the_largest_weights_of_each_layer():
     w = {"x": torch.tensor([0.1, -3.0, 2.0, 0.5])}
-    assert H.one_shot_masks(w, 0.5)["x"].tolist() == [False, True, True, False]
+    assert one_shot_masks(w, 0.5)["x"].tolist() == [False, True, True, False]

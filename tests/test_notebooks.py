@@ -6,6 +6,7 @@ import sys
 import nbformat
 import numpy as np
 import papermill as pm
+import pytest
 
 import colab_setup
 import helpers as H
@@ -47,6 +48,7 @@ def test_every_notebook_starts_with_the_setup_cell_and_a_colab_badge():
         assert colab_setup.badge(path.stem) in (ROOT / "README.md").read_text(), path.name
 
 
+@pytest.mark.slow
 def test_in_colab_the_setup_cell_clones_installs_what_is_missing_but_torch_and_imports_helpers(tmp_path):
     bare = tmp_path / "lottery.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(ROOT), str(bare)], check=True)
@@ -72,6 +74,7 @@ def test_outside_colab_the_setup_cell_clones_and_installs_nothing(tmp_path):
     assert json.loads(out.stdout.splitlines()[-1])["calls"] == []
 
 
+@pytest.mark.slow
 def test_a_notebook_runs_under_papermill_started_outside_notebooks(tmp_path):
     np.savez(tmp_path / "cifar10.npz", **fake_arrays(n_train=600, n_test=100))
     out = tmp_path / "executed.ipynb"

@@ -17,6 +17,7 @@ import helpers as H
 from conftest import comparable, run_all
 
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
+pytestmark = pytest.mark.slow  # Ray clusters and whole studies
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a throwaway local cluster: no token needed
 ONLY = ["--only", "02_lottery_sweep:rounds=5", "05_random_reinit:rounds=5"]  # six runs sharing one phase 0
 

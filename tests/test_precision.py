@@ -1,11 +1,17 @@
 """Precision per device: what "auto" picks, that a study keeps its precision, and fp16 with a GradScaler."""
 import json
+import platform
 
 import pytest
 import torch
 
 import helpers as H
-from conftest import FAST
+import lth.precision
+from lth.identity import ResultMismatch
+from lth.precision import Bf16Conv, Bf16ConvOnFp32Kernels, kernels, pick_precision, probe_speed
+from lth.runs import resolve_hparams, run_experiment
+from lth.spec import RunSpec
+from lth.store import write_json
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")
@@ -16,18 +22,18 @@ CPU = torch.device("cpu")
 def test_auto_on_cuda_is_bf16_from_ampere_on_and_fp16_before(capability, expected, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what emulation reports on a T4
-    assert H.pick_precision(CUDA) == expected
+    assert pick_precision(CUDA) == expected
 
 
 @pytest.fixture
 def cpu(monkeypatch, tmp_path):
     """An x86 CPU with AVX-512 whose bf16 and fp32 speeds the test sets; counts the probes."""
-    monkeypatch.setattr(H, "PRECISION_CACHE", tmp_path / "precision.json")
-    monkeypatch.setattr(H.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(H, "cpu_capability", lambda: "AVX512")
-    monkeypatch.setattr(H, "cpu_model", lambda: "Some Xeon")
+    monkeypatch.setattr("lth.precision.PRECISION_CACHE", tmp_path / "precision.json")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr("lth.precision.cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr("lth.precision.cpu_model", lambda: "Some Xeon")
     speeds, probes = {}, []
-    monkeypatch.setattr(H, "probe_speed", lambda p: probes.append(p) or speeds[p])
+    monkeypatch.setattr("lth.precision.probe_speed", lambda p: probes.append(p) or speeds[p])
     return speeds, probes
 
 
@@ -36,18 +42,19 @@ def cpu(monkeypatch, tmp_path):
 def test_auto_on_a_cpu_is_the_faster_of_fp32_and_bf16_probed_once(cpu, fp32, bf16, expected):
     speeds, probes = cpu
     speeds.update(fp32=fp32, bf16=bf16)
-    assert H.pick_precision(CPU) == expected and sorted(probes) == ["bf16", "fp32"]
-    assert H.pick_precision(CPU) == expected and len(probes) == 2  # cached per CPU model and torch version
-    assert json.loads(H.PRECISION_CACHE.read_text()) == {f"Some Xeon | AVX512 | torch {torch.__version__}": expected}
+    assert pick_precision(CPU) == expected and sorted(probes) == ["bf16", "fp32"]
+    assert pick_precision(CPU) == expected and len(probes) == 2  # cached per CPU model and torch version
+    cached = json.loads(lth.precision.PRECISION_CACHE.read_text())
+    assert cached == {f"Some Xeon | AVX512 | torch {torch.__version__}": expected}
 
 
 def test_auto_on_x86_without_avx512_is_fp32_without_probing(cpu, monkeypatch):
-    monkeypatch.setattr(H, "cpu_capability", lambda: "AVX2")  # no native bf16 kernels: measured 13x slower
-    assert H.pick_precision(CPU) == "fp32" and cpu[1] == []
+    monkeypatch.setattr("lth.precision.cpu_capability", lambda: "AVX2")  # no native bf16 kernels: measured 13x slower
+    assert pick_precision(CPU) == "fp32" and cpu[1] == []
 
 
 def test_the_probe_measures_both_precisions_for_real():
-    assert H.probe_speed("fp32", batch=16, steps=1) > 0 and H.probe_speed("bf16", batch=16, steps=1) > 0
+    assert probe_speed("fp32", batch=16, steps=1) > 0 and probe_speed("bf16", batch=16, steps=1) > 0
 
 
 def conv_in_bf16(kind: str, bias: bool):
@@ -63,7 +70,7 @@ def conv_in_bf16(kind: str, bias: bool):
         out = torch.nn.functional.conv2d(*leaves, stride=2, padding=1).to(torch.bfloat16)
         out.float().backward(grad.float())
         return [out, *(t.grad.to(torch.bfloat16).float() for t in leaves)]
-    with H.Bf16ConvOnFp32Kernels(), torch.autocast("cpu", torch.bfloat16):
+    with Bf16ConvOnFp32Kernels(), torch.autocast("cpu", torch.bfloat16):
         out = torch.nn.functional.conv2d(x, w, b, stride=2, padding=1)
     out.backward(grad)
     return [out, *(t.grad for t in (x, w, b) if t is not None)]
@@ -80,41 +87,42 @@ def test_bf16_convolution_on_fp32_kernels_rounds_like_a_bf16_kernel(bias):
 
 def test_bf16_autocast_uses_fp32_kernels_only_where_the_cpu_lacks_bf16_convolutions(monkeypatch):
     calls = []
-    monkeypatch.setattr(H.Bf16Conv, "apply", lambda *args: calls.append(args[3:]))
+    monkeypatch.setattr(Bf16Conv, "apply", lambda *args: calls.append(args[3:]))
     conv = torch.nn.Conv2d(1, 1, 3, stride=2, padding=1)
     for native, precision, expected in [(True, "bf16", 0), (False, "bf16", 1), (False, "fp32", 1)]:
-        monkeypatch.setattr(H, "native_bf16_conv", lambda: native)
-        with H.autocast(CPU, H.HParams(precision=precision)):
+        monkeypatch.setattr("lth.precision.native_bf16_conv", lambda: native)
+        with kernels(CPU, precision), torch.autocast("cpu", H.AUTOCAST[precision],
+                                                     enabled=H.AUTOCAST[precision] is not None):
             conv(torch.randn(1, 1, 4, 4))
         assert len(calls) == expected
     assert calls == [((2, 2), (1, 1), (1, 1), 1)]  # nn.Conv2d's stride, padding, dilation and groups reach it
 
 
 def record(precision: str) -> dict:
-    spec = H.RunSpec.of("lottery", sparsity=0.5)
+    spec = RunSpec.of("lottery", sparsity=0.5)
     return {"experiment": "lottery", "name": spec.name, "params": vars(spec),
             "hparams": {**vars(H.HParams()), "precision": precision}, "history": [{"round": 0, "val_acc": 0.5}],
             "final_val_acc": 0.5, "final_sparsity": 0.5, "data": {"sha256": "test"}}
 
 
 def test_a_study_keeps_the_precision_its_runs_used(tmp_path, monkeypatch):
-    monkeypatch.setattr(H, "pick_precision", lambda dev: "fp32")  # what this device alone would pick
-    assert H.resolve_hparams(H.HParams(), CPU, tmp_path).precision == "fp32"
-    H.write_json(tmp_path / "runs" / "lottery" / "a.json", record("bf16"))
-    assert H.resolve_hparams(H.HParams(), CPU, tmp_path).precision == "bf16"
-    assert H.resolve_hparams(H.HParams(precision="fp16"), CPU, tmp_path).precision == "fp16"  # explicit wins
-    H.write_json(tmp_path / "runs" / "lottery" / "b.json", record("fp32"))
+    monkeypatch.setattr("lth.precision.pick_precision", lambda dev: "fp32")  # what this device alone would pick
+    assert resolve_hparams(H.HParams(), CPU, tmp_path).precision == "fp32"
+    write_json(tmp_path / "runs" / "lottery" / "a.json", record("bf16"))
+    assert resolve_hparams(H.HParams(), CPU, tmp_path).precision == "bf16"
+    assert resolve_hparams(H.HParams(precision="fp16"), CPU, tmp_path).precision == "fp16"  # explicit wins
+    write_json(tmp_path / "runs" / "lottery" / "b.json", record("fp32"))
     with pytest.raises(ValueError, match=r"precisions \['bf16', 'fp32'\]: pass precision explicitly"):
-        H.resolve_hparams(H.HParams(), CPU, tmp_path)
+        resolve_hparams(H.HParams(), CPU, tmp_path)
 
 
 def test_the_resolved_precision_is_part_of_a_runs_identity(data, tmp_path):
-    spec = H.RunSpec.of("lottery", sparsity=0.5, rounds=1, epochs=1)
-    record = H.run_experiment(spec, data, "cpu", tmp_path, H.HParams(batch_size=64, lr=0.05, precision="fp32"),
+    spec = RunSpec.of("lottery", sparsity=0.5, rounds=1, epochs=1)
+    record = run_experiment(spec, data, "cpu", tmp_path, H.HParams(batch_size=64, lr=0.05, precision="fp32"),
                               progress=False)
     assert record["hparams"]["precision"] == "fp32"
-    with pytest.raises(H.ResultMismatch, match="hparams.precision saved 'fp32', asked 'bf16'"):
-        H.run_experiment(spec, data, "cpu", tmp_path, H.HParams(batch_size=64, lr=0.05, precision="bf16"),
+    with pytest.raises(ResultMismatch, match="hparams.precision saved 'fp32', asked 'bf16'"):
+        run_experiment(spec, data, "cpu", tmp_path, H.HParams(batch_size=64, lr=0.05, precision="bf16"),
                          progress=False)
 
 

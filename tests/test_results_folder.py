@@ -3,11 +3,9 @@ run never touches the published study, masks and phases 0 carry their identity, 
 the runner's small defects stay fixed. One test (at least) per defect found by probing, each seen failing before
 its fix."""
 import json
-import os
 import shutil
 import stat
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,13 +18,33 @@ import torch
 import helpers as H
 import run_all as R
 from conftest import FAST, fake_arrays, run_all
+from lth.data import data_identity, data_source, load_data
+from lth.explore import VIEWS, default_choice
+from lth.identity import DamagedFile, ResultMismatch
+from lth.report import mask_findings, write_readme_results
+from lth.runs import resolve_hparams, run_experiment
+from lth.spec import RunSpec, as_bool
+from lth.store import (
+    MANIFEST,
+    checkpoint_path,
+    claim_folder,
+    folder_note,
+    load_masks,
+    load_records,
+    masks_path,
+    one_data_set,
+    record_path,
+    results_root,
+    run_lock,
+    write_json,
+)
 
 ROOT = H.ROOT
-TINY = H.RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1)
+TINY = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1)
 
 
 def run(spec, data, results, hp=FAST, **kw):
-    return H.run_experiment(spec, data, "cpu", results, hp, progress=False, **kw)
+    return run_experiment(spec, data, "cpu", results, hp, progress=False, **kw)
 
 
 def dies_at_call(monkeypatch, n: int, error=KeyboardInterrupt) -> None:
@@ -51,20 +69,21 @@ def tracked_state() -> str:
 def other_data(tmp_path):
     """Data that differs from the committed study's, and the folder the runs on it get; removed afterwards."""
     np.savez(tmp_path / "cifar10.npz", **fake_arrays(n_train=600, n_test=100, seed=7))
-    folder = ROOT / f"results_{H.data_source(tmp_path / 'cifar10.npz')['sha256'][:12]}"
+    folder = ROOT / f"results_{data_source(tmp_path / 'cifar10.npz')['sha256'][:12]}"
     shutil.rmtree(folder, ignore_errors=True)
     yield tmp_path / "cifar10.npz", folder
     shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.skipif(not (ROOT / "results" / "runs").is_dir(), reason="needs the committed study's results/")
+@pytest.mark.slow
 def test_the_main_command_and_a_notebook_on_other_data_write_a_folder_of_their_own(other_data, tmp_path):
     npz, folder = other_data
     before = tracked_state()
     out = run_all("--data-dir", str(npz), "--only", "02_lottery_sweep:sparsity=0.5,seed=0", timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert f"results: {folder.name}/ (results/ holds runs on other data" in out.stdout
-    assert (folder / "runs" / "lottery" / f"{H.RunSpec.of('lottery', sparsity=0.5).name}.json").exists()
+    assert (folder / "runs" / "lottery" / f"{RunSpec.of('lottery', sparsity=0.5).name}.json").exists()
     listed = run_all("--list", "--data-dir", str(npz), timeout=300)
     assert f"results: {folder.name}/" in listed.stdout and "to do    01_baseline" in listed.stdout
     executed = tmp_path / "02.ipynb"  # the notebook with its default parameters, as in Jupyter or Colab
@@ -78,20 +97,20 @@ def test_the_main_command_and_a_notebook_on_other_data_write_a_folder_of_their_o
 def test_a_named_folder_that_holds_other_data_is_refused_with_the_fix(data, tmp_path):
     run(TINY, data, tmp_path)
     np.savez(tmp_path / "other.npz", **fake_arrays(seed=1))
-    other = H.load_cifar10(tmp_path / "other.npz")
-    with pytest.raises(H.ResultMismatch, match="holds runs on other data.*leave results_dir unset"):
+    other = load_data(tmp_path / "other.npz")
+    with pytest.raises(ResultMismatch, match="holds runs on other data.*leave results_dir unset"):
         run(replace(TINY, seed=1), other, tmp_path)  # another seed: no record to compare with, the folder refuses
-    assert json.loads((tmp_path / H.MANIFEST).read_text())["data"] == H.data_identity(data.source)
+    assert json.loads((tmp_path / MANIFEST).read_text())["data"] == data_identity(data.source)
 
 
 def test_runs_on_other_data_go_beside_the_default_folder(data, tmp_path, monkeypatch):
     monkeypatch.setenv("LTH_RESULTS", str(tmp_path))
-    assert H.results_root(source=data.source) == tmp_path / "results"  # a new folder: the first run fixes it
-    H.claim_folder(tmp_path / "results", data.source)
-    assert H.results_root(source=data.source) == tmp_path / "results"
+    assert results_root(source=data.source) == tmp_path / "results"  # a new folder: the first run fixes it
+    claim_folder(tmp_path / "results", data.source)
+    assert results_root(source=data.source) == tmp_path / "results"
     other = {**data.source, "sha256": "f" * 64}
-    assert H.results_root(source=other) == tmp_path / f"results_{'f' * 12}"
-    assert "holds runs on other data" in H.folder_note(tmp_path / f"results_{'f' * 12}")
+    assert results_root(source=other) == tmp_path / f"results_{'f' * 12}"
+    assert "holds runs on other data" in folder_note(tmp_path / f"results_{'f' * 12}")
 
 
 # A. A quick run never touches the published study, and executed notebooks never share a file.
@@ -102,10 +121,10 @@ def test_a_quick_run_is_refused_in_the_published_results(fake_npz):
 
 
 def test_executed_notebook_names_carry_epochs_and_quick():
-    spec = H.RunSpec.of("lottery", quick=True, sparsity=0.5, seed=0)
+    spec = RunSpec.of("lottery", quick=True, sparsity=0.5, seed=0)
     quick = R.output_path(Path("r"), R.Job("02_lottery_sweep", {"sparsity": 0.5, "seed": 0}, spec, quick=True))
     real = R.output_path(Path("r"), R.Job("02_lottery_sweep", {"sparsity": 0.5, "seed": 0},
-                                          H.RunSpec.of("lottery", sparsity=0.5, seed=0)))
+                                          RunSpec.of("lottery", sparsity=0.5, seed=0)))
     assert quick.name == "02_lottery_sweep__sparsity=0.5__epochs=1__quick=True__seed=0.ipynb"
     assert real.name == "02_lottery_sweep__sparsity=0.5__seed=0.ipynb"  # the committed names stay
 
@@ -115,11 +134,11 @@ def test_the_readme_is_written_only_from_the_published_study_on_one_data_set(tmp
     readme.write_text("<!-- results: written by notebooks/06_summary.ipynb from the records -->\nold\n"
                       "<!-- end of results -->\n")
     record = {"name": "x", "data": {"sha256": "b" * 64}}
-    said = H.write_readme_results("new", tmp_path / "scratch", [record], readme)
+    said = write_readme_results("new", tmp_path / "scratch", [record], readme)
     assert "written from results/ only" in said and "old" in readme.read_text()
-    monkeypatch.setattr(H, "PUBLISHED_RESULTS", tmp_path / "published")
-    H.write_json(tmp_path / "published" / H.MANIFEST, {"data": {"sha256": "a" * 64, "subset": None}})
-    said = H.write_readme_results("new", tmp_path / "published", [record], readme)
+    monkeypatch.setattr("lth.store.PUBLISHED_RESULTS", tmp_path / "published")
+    write_json(tmp_path / "published" / MANIFEST, {"data": {"sha256": "a" * 64, "subset": None}})
+    said = write_readme_results("new", tmp_path / "published", [record], readme)
     assert "were not rewritten: 1 runs (x)" in said and "old" in readme.read_text()
 
 
@@ -127,44 +146,44 @@ def test_the_readme_is_written_only_from_the_published_study_on_one_data_set(tmp
 
 def test_the_summary_refuses_to_pool_records_of_different_data():
     a, b = {"data": {"sha256": "a" * 64, "description": "A"}}, {"data": {"sha256": "b" * 64, "description": "B"}}
-    assert H.one_data_set([a, a]) == [a, a]
-    with pytest.raises(H.ResultMismatch, match="different data, so they are not pooled: 2 runs on A.*1 runs on B"):
-        H.one_data_set([a, b, a])
+    assert one_data_set([a, a]) == [a, a]
+    with pytest.raises(ResultMismatch, match="different data, so they are not pooled: 2 runs on A.*1 runs on B"):
+        one_data_set([a, b, a])
 
 
 # C. Masks carry their run's identity; a forced run writes nothing beside the old record until it is complete.
 
 def test_masks_copied_from_another_run_are_refused_naming_both_files(data, tmp_path):
     lottery = run(TINY, data, tmp_path)
-    random_spec = H.RunSpec.of("random", sparsity=0.5, rounds=2, epochs=1)
+    random_spec = RunSpec.of("random", sparsity=0.5, rounds=2, epochs=1)
     run(random_spec, data, tmp_path)
-    shutil.copy(H.masks_path(tmp_path, random_spec), H.masks_path(tmp_path, TINY))
-    with pytest.raises(H.ResultMismatch, match=rf"{TINY.name}\.masks\.npz holds the masks of another run than .*"
+    shutil.copy(masks_path(tmp_path, random_spec), masks_path(tmp_path, TINY))
+    with pytest.raises(ResultMismatch, match=rf"{TINY.name}\.masks\.npz holds the masks of another run than .*"
                                                rf"{TINY.name}\.json \(params\.experiment saved 'random'"):
-        H.load_masks(tmp_path, lottery)
+        load_masks(tmp_path, lottery)
     skipped = []
-    H.mask_findings(H.load_records(tmp_path), tmp_path, skipped=skipped)
+    mask_findings(load_records(tmp_path), tmp_path, skipped=skipped)
     assert any("holds the masks of another run" in s for s in skipped)
 
 
 def test_a_forced_run_killed_before_its_record_leaves_the_old_run_whole(data, tmp_path, monkeypatch):
     run(TINY, data, tmp_path)
-    before = {p: p.read_bytes() for p in [H.record_path(tmp_path, TINY), H.masks_path(tmp_path, TINY),
+    before = {p: p.read_bytes() for p in [record_path(tmp_path, TINY), masks_path(tmp_path, TINY),
                                           *tmp_path.glob("checkpoints/phase0/*.pt")]}
-    write_json = H.write_json
+    real_write_json = write_json
 
     def killed_at_the_record(path, obj):
-        if path == H.record_path(tmp_path, TINY):
+        if path == record_path(tmp_path, TINY):
             raise KeyboardInterrupt
-        write_json(path, obj)
-    monkeypatch.setattr(H, "write_json", killed_at_the_record)
+        real_write_json(path, obj)
+    monkeypatch.setattr("lth.store.write_json", killed_at_the_record)
     with pytest.raises(KeyboardInterrupt):
         run(TINY, data, tmp_path, replace(FAST, lr=0.01), force=True)
     assert {p: p.read_bytes() for p in before} == before  # record, masks and the shared phase 0 as they were
     assert len(list(tmp_path.glob("checkpoints/phase0/*.pt"))) == 2  # the forced run trained a phase 0 of its own
     monkeypatch.undo()
     record = run(TINY, data, tmp_path, replace(FAST, lr=0.01), force=True)  # resumes, then completes
-    assert H.load_masks(tmp_path, record) and not H.checkpoint_path(tmp_path, TINY).exists()
+    assert load_masks(tmp_path, record) and not checkpoint_path(tmp_path, TINY).exists()
 
 
 def test_a_phase0_file_whose_content_is_not_its_name_is_refused(data, tmp_path):
@@ -174,7 +193,7 @@ def test_a_phase0_file_whose_content_is_not_its_name_is_refused(data, tmp_path):
     saved = torch.load(path)
     saved["identity"]["model"]["epochs"] = 3  # a phase 0 of another length, under this one's name
     torch.save(saved, path)
-    with pytest.raises(H.ResultMismatch, match=r"phase0/.*model\.epochs saved 3, asked 1"):
+    with pytest.raises(ResultMismatch, match=r"phase0/.*model\.epochs saved 3, asked 1"):
         run(other, data, tmp_path)
 
 
@@ -185,9 +204,9 @@ def test_auto_keeps_the_precision_of_an_interrupted_run(data, tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         run(TINY, data, tmp_path, replace(FAST, precision="fp32"))
     monkeypatch.undo()
-    monkeypatch.setattr(H, "pick_precision", lambda dev: "bf16")  # what this device alone would pick
-    assert H.resolve_hparams(replace(FAST, precision="auto"), torch.device("cpu"), tmp_path).precision == "fp32"
-    with pytest.raises(H.ResultMismatch, match="--precision fp32"):
+    monkeypatch.setattr("lth.precision.pick_precision", lambda dev: "bf16")  # what this device alone would pick
+    assert resolve_hparams(replace(FAST, precision="auto"), torch.device("cpu"), tmp_path).precision == "fp32"
+    with pytest.raises(ResultMismatch, match="--precision fp32"):
         run(TINY, data, tmp_path, replace(FAST, precision="bf16"))
 
 
@@ -196,7 +215,7 @@ def test_auto_keeps_the_precision_of_an_interrupted_run(data, tmp_path, monkeypa
 @pytest.mark.parametrize("content", ["{}", "null", "[1, 2]", "UNKNOWN", "LR_TEXT"])
 def test_a_record_that_is_not_a_record_is_named_and_skipped(content, data, tmp_path):
     good = run(TINY, data, tmp_path)
-    bad = H.record_path(tmp_path, replace(TINY, seed=1))
+    bad = record_path(tmp_path, replace(TINY, seed=1))
     if content == "UNKNOWN":
         content = json.dumps({**good, "hparams": {**good["hparams"], "momentum_2": 0.9}})
     elif content == "LR_TEXT":
@@ -204,32 +223,32 @@ def test_a_record_that_is_not_a_record_is_named_and_skipped(content, data, tmp_p
     bad.write_text(content)
     skipped = []
     with pytest.warns(UserWarning, match=f"{bad.name} is not a run record"):
-        assert [r["name"] for r in H.load_records(tmp_path, skipped=skipped)] == [TINY.name]
+        assert [r["name"] for r in load_records(tmp_path, skipped=skipped)] == [TINY.name]
     assert len(skipped) == 1 and str(bad) in skipped[0]
-    study = R.Study(tmp_path, data, H.resolve_hparams(FAST, torch.device("cpu")))
+    study = R.Study(tmp_path, data, resolve_hparams(FAST, torch.device("cpu")))
     assert study.status(replace(TINY, seed=1)) == "damaged" and study.status(TINY) == "done"
-    with pytest.raises(H.DamagedFile, match=str(bad)):
+    with pytest.raises(DamagedFile, match=str(bad)):
         run(replace(TINY, seed=1), data, tmp_path)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
 def test_a_damaged_masks_or_phase0_file_is_named_and_the_summary_goes_on(damage, data, tmp_path):
     run(TINY, data, tmp_path)
-    run(H.RunSpec.of("random", sparsity=0.5, rounds=2, epochs=1), data, tmp_path)
+    run(RunSpec.of("random", sparsity=0.5, rounds=2, epochs=1), data, tmp_path)
     phase0 = list(tmp_path.glob("checkpoints/phase0/*.pt"))
-    for path in phase0 + [H.masks_path(tmp_path, TINY)] * (damage == "truncate"):  # a run without masks is no error
+    for path in phase0 + [masks_path(tmp_path, TINY)] * (damage == "truncate"):  # a run without masks is no error
         path.write_bytes(path.read_bytes()[:300]) if damage == "truncate" else path.unlink()
-    skipped, records = [], H.load_records(tmp_path)
-    H.mask_findings(records, tmp_path, skipped=skipped)  # no BadZipFile, no PytorchStreamReader error
+    skipped, records = [], load_records(tmp_path)
+    mask_findings(records, tmp_path, skipped=skipped)  # no BadZipFile, no PytorchStreamReader error
     assert skipped and all(str(tmp_path) in s for s in skipped)
-    for view in H.VIEWS.values():
-        assert view(records, tmp_path, {**H.default_choice(records), "sparsity": 0.5}).axes
+    for view in VIEWS.values():
+        assert view(records, tmp_path, {**default_choice(records), "sparsity": 0.5}).axes
 
 
 # F. Reading never writes: --list works on a read-only folder.
 
 def test_list_works_on_a_read_only_folder(fake_npz, tmp_path):
-    run(TINY, H.load_cifar10(fake_npz), tmp_path / "results")
+    run(TINY, load_data(fake_npz), tmp_path / "results")
     (tmp_path / "read-only").mkdir()
     mount = subprocess.run(["mount", "--bind", "-o", "ro", str(tmp_path / "results"), str(tmp_path / "read-only")],
                            capture_output=True, text=True)
@@ -255,14 +274,15 @@ def test_an_only_filter_that_matches_nothing_lists_the_values(fake_npz):
 
 @pytest.mark.parametrize("text, value", [("True", True), ("no", False), ("YES", True), ("0", False), (1, True)])
 def test_flags_accept_the_usual_spellings(text, value):
-    assert H.as_bool("force", text) is value
+    assert as_bool("force", text) is value
 
 
 def test_a_flag_that_is_not_a_boolean_is_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"force='nope': must be True or False \(papermill: -p force True\)"):
-        H.as_bool("force", "nope")
+        as_bool("force", "nope")
 
 
+@pytest.mark.slow
 def test_papermill_no_means_no(tmp_path):
     np.savez(tmp_path / "cifar10.npz", **fake_arrays(n_train=600, n_test=100))
     params = {"data_dir": str(tmp_path / "cifar10.npz"), "results_dir": str(tmp_path / "results"),
@@ -279,12 +299,12 @@ def test_papermill_no_means_no(tmp_path):
 # H. Smaller.
 
 def test_a_run_another_runner_took_meanwhile_is_skipped_not_executed_again(data, tmp_path, monkeypatch):
-    hp = H.resolve_hparams(FAST, torch.device("cpu"))
+    hp = resolve_hparams(FAST, torch.device("cpu"))
     study = R.Study(tmp_path, data, hp)
     job = R.Job("02_lottery_sweep", {"sparsity": 0.5, "seed": 0}, TINY)
     executed = []
     monkeypatch.setattr(R, "execute", lambda *a, **k: executed.append(a))
-    lock = H.run_lock(tmp_path, TINY.name)  # another runner holds it, as after this one's triage
+    lock = run_lock(tmp_path, TINY.name)  # another runner holds it, as after this one's triage
     lock.acquire()
     try:
         args = R.parse_args(["--data-dir", "x"])
@@ -316,12 +336,13 @@ def test_epochs_to_train_count_only_runs_that_will_train(data, tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         run(replace(differs, rounds=2), data, tmp_path, replace(FAST, lr=0.01))
     monkeypatch.undo()
-    study = R.Study(tmp_path, data, H.resolve_hparams(FAST, torch.device("cpu")))
+    study = R.Study(tmp_path, data, resolve_hparams(FAST, torch.device("cpu")))
     assert study.status(TINY) == "done" and study.status(differs) == "differs"
     assert study.epochs_left([TINY, differs]) == 0
     assert study.epochs_left([replace(TINY, seed=2)]) == 3  # its phase 0 and two rounds
 
 
+@pytest.mark.slow
 def test_a_damaged_file_set_aside_is_said_on_the_console(tmp_path):
     np.savez(tmp_path / "cifar10.npz", **fake_arrays(n_train=600, n_test=100))
     args = ["--quick", "--data-dir", str(tmp_path / "cifar10.npz"), "--results-dir", str(tmp_path / "results")]
@@ -333,12 +354,12 @@ def test_a_damaged_file_set_aside_is_said_on_the_console(tmp_path):
 
 
 def test_a_record_names_every_device_that_computed_it(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(H, "describe_device", lambda dev, precision=None: "machine A")
+    monkeypatch.setattr("lth.precision.describe_device", lambda dev, precision=None: "machine A")
     dies_at_call(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run(TINY, data, tmp_path)
     monkeypatch.undo()
-    monkeypatch.setattr(H, "describe_device", lambda dev, precision=None: "machine B")
+    monkeypatch.setattr("lth.precision.describe_device", lambda dev, precision=None: "machine B")
     record = run(TINY, data, tmp_path)
     assert [e["device"] for e in record["history"]] == ["machine A", "machine B", "machine B"]
     assert record["device"] == "machine A; machine B"

@@ -7,6 +7,8 @@ import torch
 
 import helpers as H
 from conftest import FAST, fake_arrays
+from lth.data import load_data
+from lth.precision import kernels, resolve_device
 
 
 def net(seed: int = 0, **kw) -> H.CNN:
@@ -82,10 +84,10 @@ def test_bad_training_parameters(data):
     with pytest.raises(ValueError, match="device='gpu' is not a device"):
         H.train(net(), data, 1, device="gpu", progress=False)
     with pytest.raises(ValueError, match="only 'cpu' and 'cuda'"):
-        H.train(net(), data, 1, device="meta", progress=False)
+        resolve_device("meta")  # what a run checks before it trains
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
-            H.train(net(), data, 1, device="cuda", progress=False)
+            resolve_device("cuda")
     with pytest.raises(ValueError, match="batch_size=512 is larger than the 256 training images"):
         H.train(net(), data, 1, progress=False)
 
@@ -93,14 +95,15 @@ def test_bad_training_parameters(data):
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the tuning is glibc's mallopt")
 def test_cpu_epochs_reuse_freed_activations_instead_of_faulting_them_in(tmp_path):
     np.savez(tmp_path / "cifar10.npz", **fake_arrays(n_train=1024, n_test=16))
-    big, model = H.load_cifar10(tmp_path), net()
+    big, model = load_data(tmp_path), net()
     faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    H.train(model, big, 2, device="cpu", progress=False)  # batches of 512: 32-64 MiB blocks, which glibc would unmap
-    counts = []
-    for _ in range(3):
-        before = faults()
-        H.train(model, big, 1, device="cpu", progress=False)
-        counts.append(faults() - before)
+    with kernels(torch.device("cpu"), "fp32"):  # as a run trains: glibc keeps what it frees
+        H.train(model, big, 2, device="cpu", progress=False)  # batches of 512: 32-64 MiB blocks glibc would unmap
+        counts = []
+        for _ in range(3):
+            before = faults()
+            H.train(model, big, 1, device="cpu", progress=False)
+            counts.append(faults() - before)
     # glibc's defaults fault in 16,000 (bf16) to 120,000 (fp32) pages an epoch here; tuned, most epochs fault none,
     # and an occasional one some thousands (oneDNN's per-thread scratch), hence the median
     assert sorted(counts)[1] < 2000, counts

@@ -1,0 +1,336 @@
+"""The report: tables of runs, the findings as sentences with a verdict against the range over seeds, the README's
+results section and each run's reading; every number is computed from the records when a notebook runs."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import helpers as H
+from lth import store
+from lth.data import data_identity
+from lth.identity import DamagedFile, ResultMismatch
+from lth.spec import ARMS, CLASSIC, RunSpec, exact, is_classic, model_label, pruned_arms
+
+UNREADABLE = (FileNotFoundError, DamagedFile, ResultMismatch)  # a saved file that is skipped, and named
+
+
+def runs_table(records: list[dict]):
+    """One row per run: its parameters, final accuracy (and its dense phase 0's), sparsity, seconds."""
+    import pandas as pd
+    rows = [{**r["params"], "model": model_label(r["params"]), "final_val_acc": r["final_val_acc"],
+             "phase0_val_acc": phase0_acc(r), "final_sparsity": r["final_sparsity"], "seconds": r["seconds"],
+             "name": r["name"]} for r in records]
+    return pd.DataFrame(rows)
+
+
+def history_table(records: list[dict]):
+    """One row per epoch of every run, with the run's parameters; `sparsity` is the run's final p and
+    `sparsity_now` the sparsity during that epoch."""
+    import pandas as pd
+    epoch = lambda e: {("sparsity_now" if k == "sparsity" else k): v for k, v in e.items() if k != "layer_sparsity"}
+    return pd.DataFrame([{**r["params"], "model": model_label(r["params"]), "name": r["name"], **epoch(e)}
+                         for r in records for e in r["history"]])
+
+
+def phase0_acc(record: dict) -> float:
+    """Validation accuracy of the dense network at the end of phase 0: trained as long as each pruned phase."""
+    return [e for e in record["history"] if e["round"] == 0][-1]["val_acc"]
+
+
+def spread(accs: list[float]) -> str:
+    """Mean accuracy, with the range over seeds when there are several: '79.98%' or '79.2% (78.9-79.6, 3 seeds)'."""
+    if len(accs) == 1:
+        return f"{accs[0]:.2%} (1 seed)"
+    return f"{np.mean(accs):.2%} (range {min(accs):.2%}-{max(accs):.2%}, {len(accs)} seeds)"
+
+
+def verdict(a: list[float], b: list[float]) -> str:
+    """Whether the difference between two arms exceeds what their seeds spread over."""
+    if min(len(a), len(b)) < 2:
+        return "one seed: no range to judge it against"
+    if min(a) > max(b) or max(a) < min(b):
+        return "beyond the seed range: the ranges do not overlap"
+    return "within the seed range: the ranges overlap"
+
+
+def findings(records: list[dict], batchnorm: bool = True, dropout: float = 0.0, rounds: int = 5,
+             epochs: int = 5) -> list[str]:
+    """The study's findings as sentences, every number computed from `records` (means, ranges over seeds): each arm
+    of `ARMS` in turn, by the block its entry names, then the classic curve."""
+    ask = Findings(records, dict(batchnorm=batchnorm, dropout=dropout), rounds, epochs)
+    out = []
+    for name, arm in ARMS.items():
+        out += getattr(ask, arm.findings)(name)
+    return out + classic_findings(records, ask.model)
+
+
+class Findings:
+    """The blocks of findings an arm's entry can name, over one model's records and one schedule (R rounds x E)."""
+
+    def __init__(self, records: list[dict], model: dict, rounds: int, epochs: int):
+        self.records, self.model, self.rounds, self.epochs = records, model, rounds, epochs
+
+    def runs(self, experiment: str, **where) -> list[dict]:
+        return [r for r in self.records if r["experiment"] == experiment and
+                all(np.isclose(r["params"][k], v) for k, v in {**self.model, **where}.items())]
+
+    def accs(self, experiment: str, **where) -> list[float]:
+        return [r["final_val_acc"] for r in self.runs(experiment, **where)]
+
+    def gain(self, experiment: str, **where) -> str:
+        """Against the dense phase 0 of the same seeds, so that an arm with fewer seeds is not read against others'."""
+        return points(np.mean([r["final_val_acc"] - phase0_acc(r) for r in self.runs(experiment, **where)]))
+
+    def schedule(self, sparsity: float) -> dict:
+        return dict(sparsity=sparsity, rounds=self.rounds, epochs=self.epochs)
+
+    def sparsities(self, *experiments: str) -> list[float]:
+        return sorted({r["params"]["sparsity"] for e in experiments for r in self.runs(e, rounds=self.rounds,
+                                                                                         epochs=self.epochs)})
+
+    def dense(self, name: str) -> list[str]:
+        accs = self.accs(name)
+        epochs = "/".join(sorted({str(r["params"]["epochs"]) for r in self.records if r["experiment"] == name}))
+        return [f"Dense baseline ({epochs} epochs): {spread(accs)}."] if accs else []
+
+    def sweep(self, name: str) -> list[str]:
+        """The ticket against the arm it is compared with, at every sparsity of the lab's figure."""
+        other = ARMS[name].against[0]
+        phase0 = {r["params"]["seed"]: phase0_acc(r) for e in (name, other)
+                  for r in self.runs(e, rounds=self.rounds, epochs=self.epochs)}
+        out = [f"Dense network after phase 0 ({self.epochs} epochs, the fair reference): "
+               f"{spread(list(phase0.values()))}."] if phase0 else []
+        for p in self.sparsities(name, other):
+            ticket, control = self.accs(name, **self.schedule(p)), self.accs(other, **self.schedule(p))
+            if ticket and control:
+                out.append(f"Sparsity {p:.0%}: {name} {spread(ticket)}, {other} {spread(control)}: the ticket leads by "
+                           f"{points(np.mean(ticket) - np.mean(control))}, {verdict(ticket, control)}; against the "
+                           f"phase 0 of the same seeds: {name} {self.gain(name, **self.schedule(p))}, {other} "
+                           f"{self.gain(other, **self.schedule(p))}.")
+        return out
+
+    def in_sweep(self, name: str) -> list[str]:
+        return []  # stated by the arm that is compared with it
+
+    def reinit(self, name: str) -> list[str]:
+        ticket, control = ARMS[name].against
+        out = []
+        for p in self.sparsities(name):
+            arm, a, b = (self.accs(e, **self.schedule(p)) for e in (name, ticket, control))
+            if arm and a:
+                out.append(f"Re-initialised survivors at {p:.0%}: {spread(arm)}, {points(np.mean(arm) - np.mean(a))} "
+                           f"against the rewound ticket ({verdict(arm, a)})" + (
+                               f" and {points(np.mean(arm) - np.mean(b))} against random pruning ({verdict(arm, b)})"
+                               if b else "") + ".")
+        return out
+
+    def rounds_vs_epochs(self, name: str) -> list[str]:
+        out = []
+        for rounds, epochs in sorted({(r["params"]["rounds"], r["params"]["epochs"]) for r in self.runs(name)}):
+            same = self.runs(name, rounds=rounds, epochs=epochs)
+            out.append(f"{rounds} round(s) × {epochs} epochs to 50%: {spread([r['final_val_acc'] for r in same])}, "
+                       f"{points(np.mean([r['final_val_acc'] - phase0_acc(r) for r in same]))} against the dense "
+                       f"network trained as long ({epochs} epochs).")
+        return out
+
+    def compare(self, name: str) -> list[str]:
+        """Any other arm: at each sparsity of the schedule, against each arm its entry names, with the verdict."""
+        out = []
+        for p in self.sparsities(name):
+            arm = self.accs(name, **self.schedule(p))
+            line = (f"{ARMS[name].label} at {p:.0%}: {spread(arm)}, {self.gain(name, **self.schedule(p))} against "
+                    "its phase 0")
+            for other in ARMS[name].against:
+                accs = self.accs(other, **self.schedule(p))
+                if accs:
+                    line += f"; {points(np.mean(arm) - np.mean(accs))} against {other} ({verdict(arm, accs)})"
+            out.append(line + ".")
+        return out
+
+
+def points(x: float) -> str:
+    return f"{100 * x:+.2f} points"
+
+
+def classic_curve(records: list[dict], model: dict | None = None):
+    """The classic lottery-ticket curve: accuracy at the end of every round against the weights remaining, one
+    row per (arm, seed, round) of the CLASSIC runs; round 0 is the shared dense phase 0."""
+    import pandas as pd
+    rows = []
+    for r in records:
+        p = r["params"]
+        if not is_classic(p) or any(p[k] != v for k, v in (model or {}).items()):
+            continue
+        ends = {}
+        for e in r["history"]:
+            ends[e["round"]] = e  # the last epoch of each round
+        rows += [{"experiment": r["experiment"], "seed": p["seed"], "round": k,
+                  "remaining (%)": 100 * (1 - e["sparsity"]), "val_acc": e["val_acc"]} for k, e in ends.items()]
+    return pd.DataFrame(rows, columns=["experiment", "seed", "round", "remaining (%)", "val_acc"])
+
+
+def classic_findings(records: list[dict], model: dict) -> list[str]:
+    curve = classic_curve(records, model)
+    if curve.empty:
+        return []
+    phase0 = curve[curve["round"] == 0].groupby("seed").val_acc.first()  # the arms of a seed share their phase 0
+    out = [f"Classic curve (20% of the survivors pruned a round, {CLASSIC['epochs']} epochs a round): dense phase 0 "
+           f"{spread(list(phase0))}."]
+    first_below = lambda rows, dense: rows[rows.val_acc < dense - 0.02].head(1)
+    for arm, rows in curve[curve["round"] > 0].groupby("experiment"):
+        # each arm against the phase 0 of its own seeds, so that an arm with fewer seeds is not read against others'
+        seeds = sorted(rows.seed.unique())
+        dense = phase0[seeds].mean()
+        mean = rows.groupby("round").agg(val_acc=("val_acc", "mean"), remaining=("remaining (%)", "mean"))
+        below, best = first_below(mean, dense), mean.loc[mean.val_acc.idxmax()]
+        who = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of seeds {', '.join(map(str, seeds))}"
+        line = f"{arm} ({who}; their phase 0 {dense:.2%}): " + (
+            f"first more than 2 points below the dense phase 0 at {below.remaining.iloc[0]:.1f}% of the weights "
+            f"left ({below.val_acc.iloc[0]:.2%})" if len(below) else
+            f"never more than 2 points below it, down to {mean.remaining.min():.1f}% of the weights left "
+            f"({mean.val_acc.iloc[-1]:.2%})") + f"; best {best.val_acc:.2%} at {best.remaining:.1f}% left."
+        if len(seeds) > 1:
+            each = [first_below(rows[rows.seed == s], phase0[s]) for s in seeds]
+            line += " Seed by seed, first more than 2 points below at: " + ", ".join(
+                f"{b['remaining (%)'].iloc[0]:.1f}%" if len(b) else "never" for b in each) + "."
+        out.append(line)
+    return out
+
+
+def results_markdown(records: list[dict], **model) -> str:
+    """The README's results: one row per run (seeds pooled: mean, range, how many), then the findings."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        p = r["params"]
+        arm = f"{r['experiment']}, classic curve (20% a round)" if is_classic(p) else \
+            f"{r['experiment']} p={exact(p['sparsity'])}"
+        label = (f"dense baseline, {model_label(p)}, {p['epochs']} epochs" if not p["rounds"] else
+                 f"{arm} R={p['rounds']} E={p['epochs']}" +
+                 ("" if p["batchnorm"] and not p["dropout"] else f", {model_label(p)}"))
+        groups.setdefault(label, []).append(r)
+    lines = ["| run | final val acc | seeds | its phase 0 (dense, E epochs) | final sparsity |",
+             "| --- | --- | --- | --- | --- |"]
+    for label, rs in groups.items():
+        accs = [r["final_val_acc"] for r in rs]
+        rng = f" ({min(accs):.2%}-{max(accs):.2%})" if len(rs) > 1 else ""
+        p0 = "-" if not rs[0]["params"]["rounds"] else f"{np.mean([phase0_acc(r) for r in rs]):.2%}"
+        lines.append(f"| {label} | {np.mean(accs):.2%}{rng} | {len(rs)} | {p0} | {rs[0]['final_sparsity']:.4f} |")
+    phase0 = {RunSpec(**r["params"]).phase0_name: sum(e["seconds"] for e in r["history"] if e["round"] == 0)
+              for r in records}
+    pruned = sum(e["seconds"] for r in records for e in r["history"] if e["round"] > 0)
+    devices = Counter(r["device"] for r in records)
+    compute = (f"Compute: {(sum(phase0.values()) + pruned) / 3600:.2f} hours of training in these records (each "
+               f"shared phase 0 once), on {'; '.join(f'{d} ({n} runs)' for d, n in sorted(devices.items()))}.")
+    return "\n".join(lines + ["", *[f"- {line}" for line in findings(records, **model)], "", compute])
+
+
+def write_readme_results(text: str, results_dir: Path | str, records: list[dict],
+                         readme: Path = H.ROOT / "README.md") -> str:
+    """Replace the README's results between its two markers with `text`, computed from `records`: only from the
+    published study, and only when every run in it was made on the folder's data. Says what it did."""
+    if not store.is_published(results_dir):
+        return f"The README's results are written from {store.PUBLISHED_RESULTS.name}/ only; {results_dir} is not it."
+    saved = store.folder_data(results_dir)
+    other = [r["name"] for r in records if saved is None or data_identity(r["data"]) != saved["data"]]
+    if other:
+        return (f"The README's results were not rewritten: {len(other)} runs ({', '.join(other[:3])}) were not made on "
+                f"the data named in {Path(results_dir) / store.MANIFEST}.")
+    start, end = "<!-- results: written by notebooks/06_summary.ipynb from the records -->", "<!-- end of results -->"
+    before, rest = readme.read_text().split(start)
+    write_text = before + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
+    store.atomic_write(readme, lambda f: f.write_text(write_text))
+    return f"The README's results were rewritten from these {len(records)} runs."
+
+
+def reading(record: dict, results_dir: Path | str) -> str:
+    """A run's result in words: against the dense baseline of its model and the other arms at its sparsity."""
+    p = record["params"]
+    same_model = lambda r: all(r["params"][k] == p[k] for k in ("batchnorm", "dropout", "seed"))
+    text = (f"{record['name']}: {record['final_val_acc']:.2%} validation accuracy at sparsity "
+            f"{record['final_sparsity']:.1%}")
+    records = store.load_records(results_dir)
+    dense = [r for r in records if r["experiment"] == "baseline" and same_model(r)]
+    if dense and record["experiment"] != "baseline":
+        d = dense[0]["final_val_acc"]
+        text += f", {100 * (record['final_val_acc'] - d):+.2f} points against the dense 25-epoch baseline ({d:.2%})"
+    if p["rounds"]:  # the fairer reference: the same dense network after the same E epochs
+        d = phase0_acc(record)
+        text += (f", {100 * (record['final_val_acc'] - d):+.2f} points against its dense phase 0 ({p['epochs']} "
+                 f"epochs: {d:.2%})")
+    for other in records:
+        if other["experiment"] in pruned_arms() and other["experiment"] != record["experiment"] \
+                and same_model(other) and all(other["params"][k] == p[k] for k in ("sparsity", "rounds", "epochs")):
+            text += f"; {other['experiment']} at the same sparsity and schedule: {other['final_val_acc']:.2%}"
+    return text + "."
+
+
+def overlap(a: H.Masks, b: H.Masks) -> dict[str, float]:
+    """How much two masks keep the same weights: the fraction of a's survivors that b keeps too, and the Jaccard
+    index of the two survivor sets, each beside its value for independent masks with the same per-layer counts."""
+    both = sum(int((a[k] & b[k]).sum()) for k in a)
+    na, nb = sum(int(a[k].sum()) for k in a), sum(int(b[k].sum()) for k in a)
+    chance = sum(int(a[k].sum()) * int(b[k].sum()) / a[k].numel() for k in a)
+    return {"shared": both / na, "shared_chance": chance / na,
+            "jaccard": both / (na + nb - both), "jaccard_chance": chance / (na + nb - chance)}
+
+
+def one_shot_masks(weights: dict[str, torch.Tensor], sparsity: float) -> H.Masks:
+    """Magnitude masks pruning `sparsity` of every layer at once: what a one-shot prune of `weights` would keep."""
+    keep = lambda w: w.numel() - round(sparsity * w.numel())
+    return {k: H.keep_top(w.abs().float(), keep(w), torch.ones_like(w, dtype=torch.bool)) for k, w in weights.items()}
+
+
+def chosen(records: list[dict], choice: dict) -> list[dict]:
+    """The records of `choice`: its arms, its model, and its sparsity (None: all)."""
+    return [r for r in records if r["experiment"] in choice["arms"] and model_label(r["params"]) == choice["model"]
+            and (choice["sparsity"] is None or np.isclose(r["params"]["sparsity"], choice["sparsity"]))]
+
+
+def runs_with_masks(records: list[dict], results_dir: Path | str, choice: dict,
+                    skipped: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
+    """The chosen runs (at choice['seed']) whose masks were saved: experiment -> (record, {round: masks}); a mask
+    file that cannot be read is named in `skipped`."""
+    out = {}
+    for r in chosen(records, choice):
+        spec = RunSpec(**r["params"])
+        if spec.seed == choice["seed"] and store.masks_path(results_dir, spec).exists() and r["experiment"] not in out:
+            try:
+                out[r["experiment"]] = (r, store.load_masks(results_dir, r))
+            except UNREADABLE as e:
+                (skipped if skipped is not None else []).append(str(e))
+    return out
+
+
+def mask_findings(records: list[dict], results_dir: Path | str, sparsity: float = 0.5,
+                  skipped: list[str] | None = None) -> list[str]:
+    """Findings from the saved masks at `sparsity`, per seed that has them: lottery against random, and how much of
+    the ticket a one-shot prune at round 1 would already have chosen; each beside its chance value. A file that
+    cannot be read is named in `skipped`, and the rest goes on."""
+    out, skipped = [], skipped if skipped is not None else []
+    for seed in sorted({r["params"]["seed"] for r in records}):
+        choice = {"arms": ["lottery", "random"], "model": model_label(vars(RunSpec.of("lottery", sparsity=sparsity))),
+                  "sparsity": sparsity, "seed": seed}
+        runs = runs_with_masks(records, results_dir, choice, skipped)
+        if "lottery" not in runs:
+            continue
+        r, masks = runs["lottery"]
+        final = masks[max(masks)]
+        if "random" in runs:
+            o = overlap(final, runs["random"][1][max(runs["random"][1])])
+            out.append(f"Seed {seed}, {sparsity:.0%}: the ticket and random pruning share {o['shared']:.1%} of their "
+                       f"survivors (chance {o['shared_chance']:.1%}; Jaccard {o['jaccard']:.3f}, chance "
+                       f"{o['jaccard_chance']:.3f}).")
+        try:
+            state = store.load_phase0(results_dir, r)["state"]
+        except UNREADABLE as e:
+            skipped.append(str(e))
+            continue
+        o = overlap(final, one_shot_masks({k: state[k] for k in final}, sparsity))
+        out.append(f"Seed {seed}, {sparsity:.0%}: {o['shared']:.1%} of the ticket's survivors after {max(masks)} "
+                   f"rounds are among those a one-shot prune to {sparsity:.0%} would have kept at round 1 (chance "
+                   f"{o['shared_chance']:.1%}).")
+    return out or [f"No lottery run at {sparsity:.0%} has saved masks yet (the runs made before masks were kept lack "
+                   "them; magnitude masks cannot be rebuilt without retraining)."]

@@ -1,0 +1,158 @@
+"""A run, resumable: `helpers.lottery_ticket` with its phase 0 shared between arms, a checkpoint after every phase,
+and a record, masks and identity saved when it finishes. Also the first cell every run notebook calls."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+import helpers as H
+from lth import precision, store
+from lth.data import describe_data, load_data
+from lth.identity import (
+    check_identity,
+    checkpoint_identity,
+    phase0_file_identity,
+    phase0_identity,
+    record_identity,
+    run_identity,
+)
+from lth.spec import RunSpec, as_bool
+
+
+def resolve_hparams(hp: H.HParams, dev: torch.device, results_dir: Path | str | None = None) -> H.HParams:
+    """`hp` with "auto" precision resolved: to the precision of what `results_dir` holds, finished or interrupted,
+    else to what suits `dev`. Explicit precisions are kept."""
+    if hp.precision != "auto" or not results_dir:
+        return precision.resolve(hp, dev)
+    return precision.resolve(hp, dev, store.saved_precisions(results_dir), str(results_dir))
+
+
+def run_experiment(spec: RunSpec, data: H.Data, device: str | torch.device | None = None,
+                   results_dir: Path | str | None = None, hp: H.HParams = H.HParams(), progress: bool = True,
+                   force: bool = False) -> dict:
+    """Run (or resume, or just load) one run; returns its record, also saved as <results>/runs/<experiment>/<name>.json.
+
+    A checkpoint after every phase means an interruption loses at most the phase in progress. A saved record,
+    checkpoint, phase 0 or mask file is reused only when made with the same spec, hparams and data (else
+    ResultMismatch); `force` recomputes the run, and writes nothing beside its old record until the new run is complete.
+    """
+    dev = precision.resolve_device(device)
+    results_dir = Path(results_dir) if results_dir else store.results_root(source=data.source)
+    progress, force = as_bool("progress", progress), as_bool("force", force)
+    hp = resolve_hparams(hp, dev, results_dir)
+    asked = run_identity(spec, hp, data.source)
+    out, ckpt = store.record_path(results_dir, spec), store.checkpoint_path(results_dir, spec)
+    say = print if not progress else tqdm.write
+    store.claim_folder(results_dir, data.source)
+    with store.holding(store.run_lock(results_dir, spec.name), say, spec.name):
+        saved = store.read_pt(ckpt, say, "the run restarts after its phase 0") if ckpt.exists() else None
+        if out.exists() and not force:
+            record = store.read_record(out)
+            check_identity(out, record_identity(record), asked)
+            if saved is not None and checkpoint_identity(saved, ckpt) == asked:  # stopped between record and masks
+                finish_run(results_dir, spec, saved["round_masks"], asked)
+            return record
+        if saved is not None and force and checkpoint_identity(saved, ckpt) != asked:
+            saved = None  # forced: a checkpoint of other settings is overwritten by the new run's first round
+        if saved is not None:
+            check_identity(ckpt, checkpoint_identity(saved, ckpt), asked)
+        done = saved["history"][-1]["round"] if saved else 0
+        left = spec.epochs * (spec.rounds - done + (not store.phase0_path(results_dir, spec, hp, data.source).exists()))
+        device_name = precision.describe_device(dev, hp.precision)
+        say(f"{spec.name}: {left} epochs to train on {device_name}, precision {hp.precision}")
+        eta = first_epoch_eta(left, say)
+        round_masks = dict(saved["round_masks"]) if saved else {}
+
+        def on_round(r: int, model: torch.nn.Module, masks: H.Masks, history: list[dict]) -> None:
+            round_masks[r] = store.pack_masks(masks)
+            for e in history:
+                if e["round"] == r:
+                    e["device"] = device_name
+            store.save_atomic({"identity": asked, "state": store.to_cpu(model.state_dict()),
+                               "masks": store.to_cpu(masks), "history": history, "round_masks": round_masks}, ckpt)
+            say(f"{spec.name}: round {r}/{spec.rounds} at sparsity {history[-1]['sparsity']:.3f}: "
+                f"val_acc {history[-1]['val_acc']:.4f}")
+
+        with precision.kernels(dev, hp.precision):
+            phase0 = dense_phase(spec, data.to(dev), dev, results_dir, hp, progress, say, eta, device_name)
+            if saved is not None:
+                say(f"{spec.name}: resumed after round {done}")
+            history, masks = H.lottery_ticket(data, **spec.procedure, hp=hp, device=dev, phase0=phase0,
+                                              resume=saved, on_round=on_round, on_epoch=eta, progress=progress)
+        devices = dict.fromkeys(e["device"] for e in history if "device" in e)  # every machine that computed it
+        record = {"experiment": spec.experiment, "name": spec.name, "params": asdict(spec), "hparams": asdict(hp),
+                  "history": history, "final_val_acc": history[-1]["val_acc"],
+                  "final_sparsity": H.sparsity_report(masks)["overall"],
+                  "seconds": sum(e["seconds"] for e in history), "device": "; ".join(devices),
+                  "versions": precision.versions(), "data": data.source}
+        store.write_json(out, record)  # first: until the run is complete, nothing new lies beside an old record
+        finish_run(results_dir, spec, round_masks, asked)
+    return record
+
+
+def finish_run(results_dir: Path, spec: RunSpec, round_masks: dict, identity: dict) -> None:
+    """After the record: the run's masks, then its checkpoint goes."""
+    if round_masks:
+        store.save_masks(store.masks_path(results_dir, spec), round_masks, identity)
+    store.checkpoint_path(results_dir, spec).unlink(missing_ok=True)
+
+
+def dense_phase(spec: RunSpec, data: H.Data, dev: torch.device, results_dir: Path, hp: H.HParams, progress: bool,
+                say: Callable, on_epoch: Callable | None = None,
+                device_name: str = "") -> tuple[dict, dict, list[dict]]:
+    """θ0, the weights after phase 0 and its history: loaded when another arm already trained it. A phase 0 is
+    named by its identity, so a run with other settings trains one of its own and never replaces a shared one."""
+    path = store.phase0_path(results_dir, spec, hp, data.source)
+    asked = phase0_identity(spec, hp, data.source)
+    with store.holding(store.run_lock(results_dir, f"phase0-{path.stem}"), say, f"phase 0 {path.stem}"):
+        saved = store.read_pt(path, say, "phase 0 is trained again") if path.exists() else None
+        if saved is not None:
+            check_identity(path, phase0_file_identity(saved, path), asked)
+            say(f"{spec.name}: phase 0 loaded from {path.name}")
+            return store.load_theta0(results_dir, spec), saved["state"], saved["history"]
+        trained = []
+
+        def keep(theta0: dict, state: dict, history: list[dict]) -> None:
+            for e in history:
+                e["device"] = device_name or precision.describe_device(dev, hp.precision)
+            if not store.theta0_path(results_dir, spec).exists():
+                store.save_atomic(store.to_cpu(theta0), store.theta0_path(results_dir, spec))
+            store.save_atomic({"identity": asked, "state": store.to_cpu(state), "history": history}, path)
+            trained.append((theta0, state, history))
+        H.lottery_ticket(data, **{**spec.procedure, "rounds": 0}, hp=hp, device=dev, on_phase0=keep,
+                         on_epoch=on_epoch, progress=progress)
+    say(f"{spec.name}: phase 0 ({spec.epochs} epochs dense): val_acc {trained[0][2][-1]['val_acc']:.4f}")
+    return trained[0]
+
+
+def first_epoch_eta(epochs: int, say: Callable) -> Callable[[dict], None]:
+    """An `on_epoch` that says, once the first epoch is timed, how long all `epochs` should take on this device."""
+    said = []
+
+    def on_epoch(epoch: dict) -> None:
+        if not said:
+            said.append(True)
+            say(f"first epoch: {epoch['seconds']:.1f} s, so about {epoch['seconds'] * epochs / 60:.1f} min for the "
+                f"{epochs} epochs of this run on this device")
+    return on_epoch
+
+
+def notebook_setup(data_dir: str | None, quick: bool, results_dir: str | None, device: str | None,
+                   precision_asked: str) -> tuple[H.Data, Path, H.HParams]:
+    """A run notebook's first step: its data, results folder and precision, said before anything trains."""
+    from lth.plots import style
+    style()
+    quick = as_bool("quick", quick)
+    dev = precision.resolve_device(device)
+    data = load_data(data_dir, quick)
+    results = store.results_root(results_dir, quick, data.source)
+    store.check_folder(results, data.source)
+    hp = resolve_hparams(H.HParams(precision=precision_asked), dev, results)
+    print(f"data: {describe_data(data.source)}, {data.source['file']}\nresults: {store.folder_note(results, quick)}\n"
+          f"device: {precision.describe_device(dev, hp.precision)}\nprecision: {hp.precision} (asked: "
+          f"{precision_asked})")
+    return data, results, hp

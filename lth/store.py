@@ -1,0 +1,322 @@
+"""The results store: where a folder is, what it holds (one data set, named in its manifest), and every file in it,
+written atomically under a lock and read through one loader that names the path, says what is wrong and what to do.
+
+    <results>/data.json                          the folder's data identity
+    <results>/runs/<experiment>/<run>.json       a finished run's record
+    <results>/runs/<experiment>/<run>.masks.npz  its masks after every round, with its identity
+    <results>/checkpoints/<run>.pt               an unfinished run, after its last finished round
+    <results>/checkpoints/phase0/<name>_<identity hash>.pt   a dense phase 0, shared by the arms that start there
+    <results>/checkpoints/theta0/<model>_seed<seed>.pt       θ0, once per model and seed
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+import helpers as H
+from lth.data import data_identity, data_source, describe_data
+from lth.identity import (
+    DamagedFile,
+    ResultMismatch,
+    check_identity,
+    differences,
+    identity_hash,
+    phase0_file_identity,
+    phase0_identity,
+    record_identity,
+    saved_identity,
+)
+from lth.spec import RunSpec, as_bool
+
+PUBLISHED_RESULTS = H.ROOT / "results"  # the study this repository publishes: its README's numbers come from here
+
+MANIFEST = "data.json"
+
+def folder_data(results_dir: Path | str) -> dict | None:
+    """The data a results folder's runs were made on ({"data": identity, "description": ...}); None for a new one."""
+    path = Path(results_dir) / MANIFEST
+    if not path.exists():
+        return None
+    saved = read_json(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("data"), dict) or "sha256" not in saved["data"]:
+        raise DamagedFile(f"{path} is not a results folder's manifest (it needs {{\"data\": {{\"sha256\": ...}}}}). "
+                          "Restore it (`git checkout -- PATH` if it is committed).")
+    return saved
+
+def check_folder(results_dir: Path | str, source: dict) -> None:
+    """Refuse a results folder whose runs were made on other data than `source`."""
+    saved = folder_data(results_dir)
+    if saved is not None and saved["data"] != data_identity(source):
+        raise ResultMismatch(
+            f"{results_dir} holds runs on other data: {describe_data({**saved['data'], **saved})}, not "
+            f"{describe_data(source)}. One folder holds one data set, so nothing is mixed: leave results_dir unset "
+            "(run_all.py without --results-dir) and runs on this data go to a folder of their own, or name another.")
+
+def claim_folder(results_dir: Path | str, source: dict) -> None:
+    """Fix a new results folder's data to `source` (its first run does), or check that it is the same."""
+    check_folder(results_dir, source)
+    path = Path(results_dir) / MANIFEST
+    if path.exists():
+        return
+    other = [r["name"] for r in load_records(results_dir) if data_identity(r["data"]) != data_identity(source)]
+    if other:
+        raise ResultMismatch(f"{results_dir} has no {MANIFEST} and holds runs on other data than "
+                             f"{describe_data(source)} ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}): "
+                             "move them to a folder of their own, or pass another results_dir.")
+    write_json(path, {"data": data_identity(source), "description": source.get("description", "")})
+
+def results_root(path: str | os.PathLike | None = None, quick: bool = False, source: dict | None = None) -> Path:
+    """Where runs are saved. A named `path` (relative to the repository root) is used as it is. Unnamed: results/,
+    or results_quick/ for quick runs, under the repository root or $LTH_RESULTS (Colab: a Drive folder); when that
+    folder holds runs on other data than `source`, a folder of this data's own beside it, results_<sha256 prefix>/.
+    A quick run never writes under the repository's results/, the published study."""
+    quick = as_bool("quick", quick)
+    if path:
+        folder = H.ROOT / path
+        if quick and folder.resolve().is_relative_to(PUBLISHED_RESULTS.resolve()):
+            raise ValueError(f"results_dir={str(path)!r}: a quick run never writes under {PUBLISHED_RESULTS.name}/, "
+                             "the published study; leave results_dir unset (quick runs go to results_quick/) or "
+                             "name another folder.")
+        return folder
+    default = Path(os.environ.get("LTH_RESULTS") or H.ROOT) / ("results_quick" if quick else "results")
+    saved = folder_data(default) if source else None
+    if saved is None or saved["data"] == data_identity(source):
+        return default
+    return default.with_name(f"{default.name}_{source['sha256'][:12]}")
+
+def study_folder(results_dir: str | None = None, quick: bool = False, data_dir: str | None = None) -> Path:
+    """The folder a summary or the explorer reads: a named one, else that of the data in `data_dir` (as the runs
+    chose it), else the default one when there is no data here."""
+    return results_root(results_dir, quick, None if results_dir else data_source(data_dir, quick))
+
+def is_published(results_dir: Path | str) -> bool:
+    return Path(results_dir).resolve() == PUBLISHED_RESULTS.resolve()
+
+def folder_note(results: Path, quick: bool = False) -> str:
+    """Where runs go, and why when it is not the default folder."""
+    default = Path(os.environ.get("LTH_RESULTS") or H.ROOT) / ("results_quick" if quick else "results")
+    where = results.relative_to(H.ROOT) if results.is_relative_to(H.ROOT) else results
+    if results.parent != default.parent or not results.name.startswith(f"{default.name}_"):
+        return f"{where}/"
+    saved = folder_data(default)
+    return (f"{where}/ ({default.name}/ holds runs on other data, {describe_data({**saved['data'], **saved})}; "
+            "runs on this data get a folder of their own)")
+
+def record_path(results_dir: Path | str, spec: RunSpec) -> Path:
+    """A finished run's record: results/runs/<experiment>/<name>.json."""
+    return Path(results_dir) / "runs" / spec.experiment / f"{spec.name}.json"
+
+def masks_path(results_dir: Path | str, spec: RunSpec) -> Path:
+    """A finished pruned run's masks after every round, bit-packed, next to its record."""
+    return record_path(results_dir, spec).with_suffix(".masks.npz")
+
+def checkpoint_path(results_dir: Path | str, spec: RunSpec) -> Path:
+    """An unfinished run's state after its last finished round: results/checkpoints/<name>.pt."""
+    return Path(results_dir) / "checkpoints" / f"{spec.name}.pt"
+
+def phase0_path(results_dir: Path | str, spec: RunSpec, hp: H.HParams, source: dict) -> Path:
+    """The dense phase 0 shared by every arm with the same model, seed, epochs, hparams and data."""
+    name = f"{spec.phase0_name}_{identity_hash(phase0_identity(spec, hp, source))}.pt"
+    return Path(results_dir) / "checkpoints" / "phase0" / name
+
+def record_phase0_path(results_dir: Path | str, record: dict) -> Path:
+    """The phase 0 a finished run started from."""
+    return phase0_path(results_dir, RunSpec(**record["params"]), H.HParams(**record["hparams"]),
+                       record["data"])
+
+def theta0_path(results_dir: Path | str, spec: RunSpec) -> Path:
+    """The initial weights θ0 of a model and seed: one file, whatever the epochs and hparams of its phases 0."""
+    return Path(results_dir) / "checkpoints" / "theta0" / f"{spec.model_name}_seed{spec.seed}.pt"
+
+def run_lock(results_dir: Path | str, name: str):
+    """One lock per run and per phase 0, across processes: no two writers ever compute the same thing."""
+    from filelock import FileLock  # a dependency of torch
+    path = Path(results_dir) / ".locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path)
+
+@contextlib.contextmanager
+def holding(lock, say: Callable, what: str):
+    from filelock import Timeout
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        say(f"{what}: another process is computing it; waiting for it to finish")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+def to_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in tensors.items()}
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a temporary file unique to this writer, then rename it over `path`: a reader sees the old file or
+    the new one, never half of one; two writers never share a temporary file; a failed write leaves nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save, atomically: a killed process never leaves half a checkpoint."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DamagedFile(f"{path} is damaged ({e}). Restore it (`git checkout -- {path}` if it is committed), or "
+                          "delete it to compute the run again.") from None
+
+RECORD_KEYS = ("experiment", "name", "params", "hparams", "history", "final_val_acc", "final_sparsity", "data")
+
+def read_pt(path: Path, say: Callable, then: str):
+    """A checkpoint, or None when it is damaged: it is then set aside as <name>.damaged and the caller goes on."""
+    try:
+        return torch.load(path, map_location="cpu")
+    except Exception as e:
+        aside = path.with_name(path.name + ".damaged")
+        os.replace(path, aside)
+        say(f"WARNING: {path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}); set aside as "
+            f"{aside.name}, {then}.")
+        return None
+
+def read_record(path: Path) -> dict:
+    """A finished run's record; DamagedFile, naming the file, for anything that is not one."""
+    record = read_json(path)
+    try:
+        missing = [k for k in RECORD_KEYS if k not in record]
+        if missing:
+            raise ValueError(f"it lacks {', '.join(missing)}")
+        record_identity(record)  # its params, hparams and data are ones a run can have
+        if not record["history"] or not all(isinstance(e, dict) and "val_acc" in e for e in record["history"]):
+            raise ValueError("its history is not a list of epochs")
+    except (TypeError, ValueError, AttributeError) as e:
+        raise DamagedFile(f"{path} is not a run record ({type(e).__name__}: {e}). Restore it (`git checkout -- "
+                          f"{path}` if it is committed), or delete it to compute the run again.") from None
+    return record
+
+def load_records(results_dir: Path | str | None = None, experiment: str | None = None,
+                 skipped: list[str] | None = None) -> list[dict]:
+    """Every finished run's record; a damaged one is named in a warning (and in `skipped`) and left out, so the
+    others still count."""
+    records = []
+    for path in sorted(Path(results_dir or results_root()).glob(f"runs/{experiment or '*'}/*.json")):
+        try:
+            records.append(read_record(path))
+        except DamagedFile as e:
+            warnings.warn(str(e), stacklevel=2)
+            if skipped is not None:
+                skipped.append(str(e))
+    return records
+
+def one_data_set(records: list[dict]) -> list[dict]:
+    """`records`, refused when they were made on different data: such records are never pooled."""
+    sets = Counter(describe_data(r["data"]) for r in records)
+    if len(sets) > 1:
+        raise ResultMismatch("these records were made on different data, so they are not pooled: "
+                             + "; ".join(f"{n} runs on {d}" for d, n in sets.items())
+                             + ". Keep each data set in a results folder of its own.")
+    return records
+
+def saved_precisions(results_dir: Path | str) -> set[str]:
+    """The precisions of what a results folder holds: its records, and the checkpoints of its unfinished runs."""
+    used = {H.HParams(**r["hparams"]).precision for r in load_records(results_dir)}
+    for path in [*Path(results_dir).glob("checkpoints/*.pt"), *Path(results_dir).glob("checkpoints/phase0/*.pt")]:
+        try:  # mmap: only the small identity is read, not the weights
+            used.add(H.HParams(**torch.load(path, map_location="cpu", mmap=True)["identity"]["hparams"])
+                     .precision)
+        except Exception:
+            pass  # a damaged checkpoint is named, and set aside, when its run resumes
+    return used
+
+def pack_masks(masks: H.Masks) -> dict[str, torch.Tensor]:
+    """H.Masks as bits: 8 weights a byte, about 58 KB for the whole network."""
+    return {name: torch.from_numpy(np.packbits(m.cpu().numpy().ravel())) for name, m in masks.items()}
+
+def save_masks(path: Path, round_masks: dict[int, dict[str, torch.Tensor]], identity: dict) -> None:
+    """Every round's masks, with the identity of the run that made them: masks are never read for another run."""
+    arrays = {f"round{r}/{name}": bits.numpy() for r, layers in round_masks.items() for name, bits in layers.items()}
+    arrays["identity"] = np.array(json.dumps(identity, sort_keys=True, default=lambda v: v.item()))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+            np.savez(f, **arrays)
+    atomic_write(path, write)
+
+def load_masks(results_dir: Path | str, record: dict) -> dict[int, H.Masks]:
+    """The masks a finished pruned run had in each round, as bool tensors: {round: {parameter name: mask}}; checked
+    against the identity of the run's record."""
+    spec = RunSpec(**record["params"])
+    path, owner = masks_path(results_dir, spec), record_path(results_dir, spec)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: {spec.name} is not finished, or ran before masks were "
+                                "saved (run it again with force=True to save them).")
+    model = H.build_model(spec.seed, spec.batchnorm, spec.dropout)
+    shapes = {name: w.shape for name, w in H.prunable_weights(model).items()}
+    out: dict[int, H.Masks] = {}
+    try:
+        with np.load(path) as f:
+            identity = saved_identity(**json.loads(str(f["identity"])))
+            for key in f.files:
+                if key != "identity":
+                    r, name = key.split("/", 1)
+                    bits = np.unpackbits(f[key], count=math.prod(shapes[name])).astype(bool)
+                    out.setdefault(int(r.removeprefix("round")), {})[name] = torch.from_numpy(
+                        bits.reshape(shapes[name]))
+    except Exception as e:
+        raise DamagedFile(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}). Restore it "
+                          "(`git checkout -- PATH` if it is committed), or compute the run again (force=True)."
+                          ) from None
+    if identity != record_identity(record):
+        raise ResultMismatch(f"{path} holds the masks of another run than {owner} "
+                             f"({'; '.join(differences(identity, record_identity(record)))}): restore the run's own "
+                             "masks, or compute the run again (force=True).")
+    return dict(sorted(out.items()))
+
+def load_phase0(results_dir: Path | str, record: dict) -> dict:
+    """The phase 0 a finished run started from: {"state", "history", "identity"}, checked against the record."""
+    path = record_phase0_path(results_dir, record)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: the phase 0 of {record['name']} is not in this folder "
+                                "(only the shared 5-epoch phases 0 are committed); run it again to recompute it.")
+    try:
+        saved = torch.load(path, map_location="cpu")
+    except Exception as e:
+        raise DamagedFile(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}). Restore it "
+                          "(`git checkout -- PATH` if it is committed), or delete it to train it again.") from None
+    spec = RunSpec(**record["params"])
+    check_identity(path, phase0_file_identity(saved, path),
+                   phase0_identity(spec, H.HParams(**record["hparams"]), record["data"]))
+    return saved
+
+def load_theta0(results_dir: Path | str, spec: RunSpec) -> dict[str, torch.Tensor]:
+    """The initial weights of a run's model and seed, saved once and shared by every phase 0 that starts there."""
+    path = theta0_path(results_dir, spec)
+    theta0 = read_pt(path, print, "phase 0 cannot start without it") if path.exists() else None
+    if theta0 is None:
+        raise DamagedFile(f"{path} is missing or damaged: it holds the initial weights of {spec.phase0_name}'s "
+                          "model. Restore it (`git checkout -- PATH`), or delete the phase-0 files of this seed to "
+                          "train them again.")
+    return theta0
