@@ -7,6 +7,7 @@ import torch
 
 import helpers as H
 from conftest import FAST, run_all
+from lth.batch import plan
 from lth.plots import plot_classic
 from lth.report import classic_curve, findings, reading, results_markdown, write_readme_results
 from lth.runs import run_experiment
@@ -143,9 +144,8 @@ def test_run_all_quick_executes_every_notebook_without_errors(quick_study):
     executed = sorted((results / "notebooks").glob("*.ipynb"))
     assert {p.name.split("__")[0].removesuffix(".ipynb") for p in executed} == set(
         p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
-    import run_all as R
-    runs = sum(len(sets) for experiment, sets in R.PLAN.values() if experiment)
-    assert len(executed) == runs + sum(1 for experiment, _ in R.PLAN.values() if experiment is None)
+    runs = sum(len(sets) for experiment, sets in plan().values() if experiment)
+    assert len(executed) == runs + sum(1 for experiment, _ in plan().values() if experiment is None)
     for path in executed:
         nb = nbformat.read(path, as_version=4)
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
@@ -153,7 +153,7 @@ def test_run_all_quick_executes_every_notebook_without_errors(quick_study):
         assert "widgets" not in nb.metadata and str(ROOT) not in path.read_text(), path.name
     assert len(list((results / "runs").glob("*/*.json"))) == runs
     assert len(list((results / "figures").glob("*.png"))) >= 6
-    explorer = nbformat.read(results / "notebooks" / "07_explore.ipynb", as_version=4)
+    explorer = nbformat.read(results / "notebooks" / "07_explore__quick=True.ipynb", as_version=4)
     assert sum("image/png" in o.get("data", {}) for c in explorer.cells for o in c.get("outputs", [])) >= 5
     listing = run_all(*common, "--list")
     assert listing.returncode == 0 and listing.stdout.count("done ") == runs and "0 epochs to train" in listing.stdout
@@ -166,7 +166,7 @@ def test_more_seeds_give_the_summary_a_range(quick_study):
     assert seeds.returncode == 0, seeds.stdout[-3000:] + seeds.stderr[-3000:]
     assert [p.name for p in (results / "runs" / "lottery").glob("*_seed1.json")] == [
         "lottery_p0.5_R5_E1_magnitude_rewind_bn1_do0_seed1.json"]
-    summary = nbformat.read(results / "notebooks" / "06_summary.ipynb", as_version=4)
+    summary = nbformat.read(results / "notebooks" / "06_summary__quick=True.ipynb", as_version=4)
     assert "(range " in "".join(o.get("text", "") for c in summary.cells if c.cell_type == "code" for o in c.outputs)
 
 

@@ -225,8 +225,10 @@ def test_two_processes_saving_the_same_files_do_not_clash(tmp_path):
 TWO_RUNNERS = """
 import sys; sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 import torch; torch.set_num_threads(1)
-import helpers as H
 from conftest import FAST
+from lth.data import load_data
+from lth.runs import run_experiment
+from lth.spec import RunSpec
 spec = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1)
 run_experiment(spec, load_data({npz!r}), "cpu", {results!r}, FAST, progress=False)
 """

@@ -54,7 +54,7 @@ def test_workers_give_the_records_of_the_sequential_runner_with_phase0_trained_o
     assert len(parallel) == 6 and all(parallel[name] == comparable(sequential)[name] for name in parallel)
     assert "1 shared phase 0 first" in out.stdout
     text = outputs(tmp_path / "results")
-    assert text.count("phase 0 loaded from bn1_do0_E1_seed0.pt") == 6 and "epochs dense)" not in text
+    assert text.count("phase 0 loaded from bn1_do0_E1_seed0_") == 6 and "epochs dense)" not in text
     assert len((tmp_path / "results" / "timing.csv").read_text().splitlines()) == 1 + 6
 
 
