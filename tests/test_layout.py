@@ -1,12 +1,14 @@
 """The layout: helpers.py is the student's file and the package depends on it, never the reverse; an arm is one
 entry in one table; identities survive new fields with defaults; every figure file has one owner."""
 import ast
+import io
 import json
 import subprocess
 from dataclasses import dataclass, make_dataclass
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 import helpers as H
@@ -15,7 +17,7 @@ from lth.batch import Study, jobs
 from lth.spec import ARMS, Arm, RunSpec
 
 ROOT = H.ROOT
-PRE_MIGRATION = "d8810b3"  # the last commit whose records used the `bf16` hparams key
+PRE_MIGRATION, MIGRATION = "d8810b3", "d0dc83c"  # before and after records lost the `bf16` hparams key
 
 
 def imports(path: Path) -> set[str]:
@@ -113,20 +115,30 @@ def test_a_new_field_with_a_default_leaves_every_committed_run_done(grows, monke
 
 @needs_results
 def test_the_migration_renamed_one_key_and_kept_every_value():
-    for record in committed_records():
-        path = store.record_path(store.PUBLISHED_RESULTS, RunSpec(**record["params"])).relative_to(ROOT)
-        shown = subprocess.run(["git", "show", f"{PRE_MIGRATION}:{path}"], cwd=ROOT, capture_output=True, text=True)
-        if shown.returncode:
-            if "unknown revision" in shown.stderr or "not a git repository" in shown.stderr:
-                pytest.skip("the repository's history is not here")
-            continue  # a run that landed after the migration
-        before = json.loads(shown.stdout)
+    paths = subprocess.run(["git", "ls-tree", "-r", "--name-only", MIGRATION, "results/runs"], cwd=ROOT,
+                           capture_output=True, text=True)
+    if paths.returncode:
+        pytest.skip("the repository's history is not here")
+    show = lambda commit, path: subprocess.run(["git", "show", f"{commit}:{path}"], cwd=ROOT, capture_output=True,
+                                               check=True).stdout
+    records = [p for p in paths.stdout.split() if p.endswith(".json")]
+    assert len(records) == 51
+    for path in records:
+        before, after = json.loads(show(PRE_MIGRATION, path)), json.loads(show(MIGRATION, path))
         if "bf16" in before["hparams"]:
             renamed = {("precision" if k == "bf16" else k): ("bf16" if v else "fp32") if k == "bf16" else v
                        for k, v in before["hparams"].items()}
-            assert list(renamed) == list(record["hparams"])  # the key keeps its place
+            assert list(renamed) == list(after["hparams"])  # the key keeps its place
             before = {**before, "hparams": renamed}
-        assert before == record, path
+        assert before == after, path  # so each loads to the identity it had: the old code read `bf16` as this
+    for path in [p for p in paths.stdout.split() if p.endswith(".masks.npz")]:
+        try:
+            old = np.load(io.BytesIO(show(PRE_MIGRATION, path)))
+        except subprocess.CalledProcessError:
+            continue  # masks saved after the migration
+        new = np.load(io.BytesIO(show(MIGRATION, path)))
+        assert set(new.files) - set(old.files) == {"identity"}, path
+        assert all(np.array_equal(old[k], new[k]) for k in old.files), path
 
 
 # Every figure file has one owner.
