@@ -126,6 +126,7 @@ def test_the_resolved_precision_is_part_of_a_runs_identity(data, tmp_path):
                          progress=False)
 
 
+@pytest.mark.slow  # fp16 autocast on a CPU: about a minute
 def test_fp16_with_a_skipped_step_keeps_pruned_weights_at_zero(data, monkeypatch):
     torch.manual_seed(0)
     model = H.CNN()
