@@ -42,6 +42,18 @@ def data(fake_npz) -> H.Data:
 FAST = H.HParams(batch_size=64, lr=0.05)  # the fake set's 256 images make 4 steps an epoch
 
 
+def dies_at_call(monkeypatch, n: int, error=KeyboardInterrupt) -> None:
+    """The n-th call of train() raises `error`: the session ends in the middle of that phase."""
+    calls, train = [], H.train
+
+    def dying(*a, **k):
+        calls.append(k.get("desc"))
+        if len(calls) == n:
+            raise error
+        return train(*a, **k)
+    monkeypatch.setattr(H, "train", dying)
+
+
 def run_all(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(H.ROOT / "run_all.py"), *args], capture_output=True, text=True,
                           cwd=H.ROOT, **kw)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import helpers as H
-from conftest import FAST, fake_arrays
+from conftest import FAST, dies_at_call, fake_arrays
 from lth.data import load_data, subset
 from lth.identity import DamagedFile, ResultMismatch
 from lth.runs import resolve_hparams, run_experiment
@@ -35,18 +35,6 @@ def count_training(monkeypatch) -> list[str]:
     calls, train = [], H.train
     monkeypatch.setattr(H, "train", lambda *a, **k: calls.append(k.get("desc")) or train(*a, **k))
     return calls
-
-
-def dies_at_call(monkeypatch, n: int, error=KeyboardInterrupt) -> None:
-    """The n-th call of train() raises `error`: the session ends in the middle of that phase."""
-    calls, train = [], H.train
-
-    def dying(*a, **k):
-        calls.append(k.get("desc"))
-        if len(calls) == n:
-            raise error
-        return train(*a, **k)
-    monkeypatch.setattr(H, "train", dying)
 
 
 def run_all(*args, **kw):

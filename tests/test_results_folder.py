@@ -17,7 +17,7 @@ import torch
 
 import helpers as H
 import run_all as R
-from conftest import FAST, fake_arrays, run_all
+from conftest import FAST, dies_at_call, fake_arrays, run_all
 from lth.data import data_identity, data_source, load_data
 from lth.explore import VIEWS, default_choice
 from lth.identity import DamagedFile, ResultMismatch
@@ -45,17 +45,6 @@ TINY = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1)
 
 def run(spec, data, results, hp=FAST, **kw):
     return run_experiment(spec, data, "cpu", results, hp, progress=False, **kw)
-
-
-def dies_at_call(monkeypatch, n: int, error=KeyboardInterrupt) -> None:
-    calls, train = [], H.train
-
-    def dying(*a, **k):
-        calls.append(k.get("desc"))
-        if len(calls) == n:
-            raise error
-        return train(*a, **k)
-    monkeypatch.setattr(H, "train", dying)
 
 
 def tracked_state() -> str:
