@@ -100,10 +100,10 @@ def test_cpu_epochs_reuse_freed_activations_instead_of_faulting_them_in(tmp_path
     with kernels(torch.device("cpu"), "fp32"):  # as a run trains: glibc keeps what it frees
         H.train(model, big, 2, device="cpu", progress=False)  # batches of 512: 32-64 MiB blocks glibc would unmap
         counts = []
-        for _ in range(3):
+        for _ in range(5):
             before = faults()
             H.train(model, big, 1, device="cpu", progress=False)
             counts.append(faults() - before)
     # glibc's defaults fault in 16,000 (bf16) to 120,000 (fp32) pages an epoch here; tuned, most epochs fault none,
     # and an occasional one some thousands (oneDNN's per-thread scratch), hence the median
-    assert sorted(counts)[1] < 2000, counts
+    assert sorted(counts)[2] < 2000, counts
