@@ -88,11 +88,16 @@ def results_root(path: str | os.PathLike | None = None, quick: bool = False, sou
                              "the published study; leave results_dir unset (quick runs go to results_quick/) or "
                              "name another folder.")
         return folder
-    default = Path(os.environ.get("LTH_RESULTS") or H.ROOT) / ("results_quick" if quick else "results")
+    default = default_folder(quick)
     saved = folder_data(default) if source else None
     if saved is None or saved["data"] == data_identity(source):
         return default
     return default.with_name(f"{default.name}_{source['sha256'][:12]}")
+
+def default_folder(quick: bool = False) -> Path:
+    """results/ (results_quick/ for quick runs) under the repository root, or under $LTH_RESULTS (Colab: Drive)."""
+    return Path(os.environ.get("LTH_RESULTS") or H.ROOT) / ("results_quick" if quick else "results")
+
 
 def study_folder(results_dir: str | None = None, quick: bool = False, data_dir: str | None = None) -> Path:
     """The folder a summary or the explorer reads: a named one, else that of the data in `data_dir` (as the runs
@@ -104,7 +109,7 @@ def is_published(results_dir: Path | str) -> bool:
 
 def folder_note(results: Path, quick: bool = False) -> str:
     """Where runs go, and why when it is not the default folder."""
-    default = Path(os.environ.get("LTH_RESULTS") or H.ROOT) / ("results_quick" if quick else "results")
+    default = default_folder(quick)
     where = results.relative_to(H.ROOT) if results.is_relative_to(H.ROOT) else results
     if results.parent != default.parent or not results.name.startswith(f"{default.name}_"):
         return f"{where}/"
