@@ -166,6 +166,21 @@ def notebook_finished(path: Path) -> bool:
         c.metadata.get("papermill", {}).get("status") == "completed" for c in nb.cells if c.cell_type == "code")
 
 
+def local_kernel(folder: str) -> dict:
+    """The kernel on Unix sockets in `folder` rather than TCP on 127.0.0.1: nothing listens on the network, and
+    ipykernel has no unencrypted TCP to warn about once a notebook. Windows has no Unix sockets: TCP there."""
+    if os.name == "nt":
+        return {}
+    from jupyter_client.manager import AsyncKernelManager
+
+    class SocketFileKernel(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.transport, self.ip = "ipc", os.path.join(folder, "kernel")
+
+    return {"kernel_manager_class": SocketFileKernel}
+
+
 def execute(job: Job, out: Path, parameters: dict, recorded_as: str | None = None) -> None:
     """Execute into a temporary file outside the results (a killed runner leaves nothing there) and move it to
     `out` only when it finished: `out` is never half a notebook.
@@ -176,9 +191,10 @@ def execute(job: Job, out: Path, parameters: dict, recorded_as: str | None = Non
     fd, tmp = tempfile.mkstemp(prefix=f"{out.stem}.", suffix=".running.ipynb")
     os.close(fd)
     try:
-        pm.execute_notebook(NOTEBOOKS / f"{job.notebook}.ipynb", tmp, parameters=parameters, cwd=NOTEBOOKS,
-                            progress_bar=False, log_output=True,
-                            shutdown_kernel="immediate")  # Ctrl-C: killed, not torn down mid-reply (tracebacks)
+        with tempfile.TemporaryDirectory(prefix="lth-kernel-") as sockets:
+            pm.execute_notebook(NOTEBOOKS / f"{job.notebook}.ipynb", tmp, parameters=parameters, cwd=NOTEBOOKS,
+                                progress_bar=False, log_output=True, **local_kernel(sockets),
+                                shutdown_kernel="immediate")  # Ctrl-C: killed, not torn down mid-reply (tracebacks)
     except BaseException:
         if Path(tmp).exists() and Path(tmp).stat().st_size:
             store.atomic_write(out.with_suffix(".failed.ipynb"), lambda f: f.write_bytes(Path(tmp).read_bytes()))

@@ -1,5 +1,5 @@
 """The explorer's views (07_explore): each draws from saved runs only (records, masks, θ0, phase 0) and returns a
-figure; `choice` says what to draw: arms, sparsity (None: all), model (model_label), seeds ("mean" with its range,
+figure; `choice` says what to draw: arms, sparsity ("all" or one), model (model_label), seeds ("mean" with its range,
 or "each"), and the seed whose masks are shown."""
 from __future__ import annotations
 
@@ -9,22 +9,49 @@ from typing import Callable
 import torch
 
 from lth import store
-from lth.report import UNREADABLE, chosen, history_table, one_shot_masks, overlap, runs_table, runs_with_masks
-from lth.spec import ARMS, RunSpec, model_label, pruned_arms
+from lth.masks import chosen, one_shot_masks, overlap, runs_with_masks
+from lth.plots import caveat, level, outside_legend, words
+from lth.report import UNREADABLE, history_table, labels
+from lth.spec import ARMS, RunSpec, is_classic, model_label, pruned_arms
 
 
-def default_choice(records: list[dict]) -> dict:
-    """What the views show first: the arms `ARMS` marks as shown, at 50% when there are runs there."""
+def png(fig) -> bytes:
+    """A figure as PNG bytes, for an image widget: replacing its value redraws in place, from a button's callback
+    too, where a displayed figure would go to JupyterLab's log console."""
+    import io
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def live(widget, note: str) -> None:
+    """Display `widget`, with `note` as its text: what a static copy of the notebook (nbconvert, GitHub) shows in
+    its place, rather than the widget's repr."""
+    from IPython.display import display
+    display({**widget._repr_mimebundle_(), "text/plain": note}, raw=True)
+
+
+def default_choice(records: list[dict], results_dir: Path | str | None = None) -> dict:
+    """What the views show first: the arms `ARMS` marks as shown, at 50% when there are runs there, and the masks
+    of the first seed whose runs saved them (runs made before masks were kept have none to show)."""
     pruned = [r for r in records if r["experiment"] in pruned_arms()]
     sparsities = sorted({r["params"]["sparsity"] for r in pruned})
-    return {"arms": [name for name in pruned_arms() if ARMS[name].shown],
-            "sparsity": 0.5 if 0.5 in sparsities else None,
-            "model": model_label(RunSpec.of("lottery", sparsity=0.5).__dict__), "seeds": "mean", "seed": 0}
+    choice = {"arms": [name for name in pruned_arms() if ARMS[name].shown],
+              "sparsity": 0.5 if 0.5 in sparsities else "all",
+              "model": model_label(RunSpec.of("lottery", sparsity=0.5).__dict__), "seeds": "mean", "seed": 0}
+    seeds = sorted({r["params"]["seed"] for r in pruned})
+    if results_dir is not None:
+        choice["seed"] = next((s for s in seeds if "lottery" in runs_with_masks(records, results_dir,
+                                                                                 {**choice, "seed": s})), 0)
+    return choice
 
 
 def _figure(title: str, message: str | None = None):
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    """A figure outside pyplot: the inline backend never shows it by itself (from a widget's callback it would go
+    to JupyterLab's log console); the notebook displays it, or an image widget shows its PNG."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 4.8))
+    ax = fig.subplots()
     ax.set_title(title)
     if message:
         ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
@@ -32,28 +59,52 @@ def _figure(title: str, message: str | None = None):
     return fig, ax
 
 
+def _spread(choice: dict) -> dict:
+    """Mean with the min-max range over seeds, or one line per seed."""
+    return dict(units="seed", estimator=None) if choice["seeds"] == "each" else dict(errorbar=("pi", 100))
+
+
 def view_curves(records: list[dict], results_dir: Path | str, choice: dict):
     import seaborn as sns
     runs = chosen(records, choice)
     fig, ax = _figure("Validation accuracy against cumulative epoch", None if runs else "no runs for this choice")
     if runs:
-        h = history_table(runs)
-        each = dict(units="seed", estimator=None) if choice["seeds"] == "each" else dict(errorbar=("pi", 100))
-        sns.lineplot(data=h, x="cum_epoch", y="val_acc", hue="experiment", style="sparsity", ax=ax, **each)
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+        h = history_table(runs).assign(sparsity=lambda t: t.sparsity.map(level))
+        sns.lineplot(data=h, x="cum_epoch", y="val_acc", hue="series", style="sparsity", ax=ax, **_spread(choice))
+        ax.set(xlabel=words("cum_epoch"), ylabel=words("val_acc"))
+        outside_legend(ax)
+        caveat(ax, h)
     return fig
 
 
 def view_final(records: list[dict], results_dir: Path | str, choice: dict):
+    """One series per arm and schedule: the 5-round sweep joins its sparsities, the classic curve is drawn round by
+    round, and a schedule measured at one sparsity is a mark of its own; no line joins two protocols."""
     import seaborn as sns
-    runs = chosen(records, {**choice, "sparsity": None})
-    fig, ax = _figure("Final validation accuracy against sparsity", None if runs else "no runs for this choice")
+    runs = chosen(records, {**choice, "sparsity": "all"})
+    fig, ax = _figure("Final validation accuracy against sparsity (the classic curve: after each of its rounds)\n"
+                      + ("one line per seed" if choice["seeds"] == "each" else "mean over seeds; bars: min-max"),
+                      None if runs else "no runs for this choice")
     if runs:
-        each = dict(units="seed", estimator=None) if choice["seeds"] == "each" else dict(errorbar=("pi", 100))
-        sns.lineplot(data=runs_table(runs), x="sparsity", y="final_val_acc", hue="experiment", marker="o", ax=ax,
-                     **each)
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+        points = final_points(runs)
+        sns.lineplot(data=points, x="sparsity", y="val_acc", hue="arm", style="schedule", marker="o", ax=ax,
+                     err_style="bars", **_spread(choice))
+        ax.set(xlabel="sparsity (fraction of the weights pruned)", ylabel=words("val_acc"))
+        outside_legend(ax)
+        caveat(ax, points)
     return fig
+
+
+def final_points(runs: list[dict]):
+    """One row per run and series: its final accuracy at its sparsity; a classic-curve run gives a row per round."""
+    import pandas as pd
+    rows = []
+    for r in runs:
+        ends = {e["round"]: e for e in r["history"] if e["round"] > 0}  # the last epoch of each round
+        rounds = ends if is_classic(r["params"]) else {max(ends): ends[max(ends)]}
+        rows += [{**labels(r), "seed": r["params"]["seed"], "sparsity": e["sparsity"], "val_acc": e["val_acc"]}
+                 for e in rounds.values()]
+    return pd.DataFrame(rows)
 
 
 def view_layers(records: list[dict], results_dir: Path | str, choice: dict):
@@ -62,11 +113,12 @@ def view_layers(records: list[dict], results_dir: Path | str, choice: dict):
     runs = chosen(records, choice)
     fig, ax = _figure("Sparsity of each layer at the end of the run", None if runs else "no runs for this choice")
     if runs:
-        rows = [{"experiment": r["experiment"], "sparsity": r["params"]["sparsity"], "layer": k.removesuffix(".weight"),
-                 "layer sparsity": v} for r in runs for k, v in r["history"][-1]["layer_sparsity"].items()]
-        sns.barplot(data=pd.DataFrame(rows), x="layer", y="layer sparsity", hue="experiment", errorbar=("pi", 100),
-                    ax=ax)
+        rows = [{"run": f"{labels(r)['series']}, p = {level(r['params']['sparsity'])}", "seed": r["params"]["seed"],
+                 "layer": k.removesuffix(".weight"), "layer sparsity": v}
+                for r in runs for k, v in r["history"][-1]["layer_sparsity"].items()]
+        sns.barplot(data=pd.DataFrame(rows), x="layer", y="layer sparsity", hue="run", errorbar=("pi", 100), ax=ax)
         ax.tick_params(axis="x", rotation=45)
+        outside_legend(ax)
     return fig
 
 
@@ -91,6 +143,8 @@ def view_init_magnitudes(records: list[dict], results_dir: Path | str, choice: d
         df = pd.DataFrame(rows)
         df["mask"] = df.arm + ", " + df.kept
         sns.kdeplot(data=df, x="|θ0|", hue="mask", common_norm=False, ax=ax, clip=(0, 1))
+        ax.set(ylim=(0, None), ylabel="density (each mask's own)")
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
 
@@ -130,7 +184,8 @@ def view_overlap(records: list[dict], results_dir: Path | str, choice: dict):
         df = pd.DataFrame([{"comparison": name, "value": o[key], "what": what} for name, o in rows
                            for key, what in (("shared", "measured"), ("shared_chance", "chance"))])
         sns.barplot(data=df, y="comparison", x="value", hue="what", ax=ax)
-        ax.set(xlim=(0, 1), xlabel="fraction of survivors shared")
+        ax.set(xlim=(0, 1), xlabel="fraction of the first mask's survivors the second keeps", ylabel="")
+        outside_legend(ax)
     return fig
 
 

@@ -24,6 +24,40 @@ def save_figure(fig, name: str, results_dir: Path | str) -> Path:
     return path
 
 
+WORDS = {"cum_epoch": "cumulative epoch", "val_acc": "validation accuracy",
+         "final_val_acc": "final validation accuracy", "schedule": "rounds × epochs a round", "series": "arm, schedule"}
+
+
+def words(column: str) -> str:
+    """An axis or legend title in words, not a field name."""
+    return WORDS.get(column, column.replace("_", " "))
+
+
+def level(value) -> str:
+    """A legend entry: 0.9450244186112 -> '0.945'."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def seeds_note(table, bars: str = "band") -> str:
+    n = table["seed"].nunique()
+    return "1 seed" if n == 1 else f"mean of {n} seeds; {bars}: min-max over the seeds"
+
+
+def outside_legend(ax, title: str | None = None) -> None:
+    """Legends right of the axes, never over the data."""
+    if ax.get_legend() is not None:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9,
+                  title=title if title is not None else ax.get_legend().get_title().get_text() or None)
+
+
+def caveat(ax, table) -> None:
+    """A quick run measures nothing: the figure says so, and shows accuracy on its full scale rather than magnify
+    the noise around chance."""
+    if "quick" in table and table["quick"].any():
+        ax.set_title(f"{ax.get_title()}\nquick run: not meaningful (a pipeline check on a few images)")
+        ax.set_ylim(0, 1)
+
+
 def plot_curves(history, hue: str, title: str, ax=None, baseline=None, palette: str = "viridis",
                 style: str | None = None):
     """Validation accuracy against cumulative epoch, one line per `hue` (and `style`) value, mean and range over
@@ -32,21 +66,26 @@ def plot_curves(history, hue: str, title: str, ax=None, baseline=None, palette: 
     import seaborn as sns
     if ax is None:
         _, ax = plt.subplots(figsize=(11, 5.5))
-    sns.lineplot(data=history, x="cum_epoch", y="val_acc", hue=hue, style=style, palette=palette, marker="o",
-                 markersize=3, errorbar=("pi", 100), ax=ax)
+    order = [level(v) for v in sorted(history[hue].unique())]
+    history = history.assign(**{hue: history[hue].map(level)})
+    # solid against dotted: two arms told apart at a glance, and neither like the baseline's long dashes
+    dashes = dict(zip(sorted(history[style].unique()), ("", (1.5, 1.5), (4, 1.5, 1, 1.5)))) if style else True
+    sns.lineplot(data=history, x="cum_epoch", y="val_acc", hue=hue, hue_order=order, style=style, dashes=dashes,
+                 palette=palette, marker=None if style else "o", markersize=3, errorbar=("pi", 100), ax=ax)
     for edge in history.loc[history["round"] > 0].groupby(["name", "round"])["cum_epoch"].min().unique() - 0.5:
         ax.axvline(edge, color="grey", lw=0.6, ls=":")
     if baseline is not None and len(baseline):
-        sns.lineplot(data=baseline, x="cum_epoch", y="val_acc", color="black", ls="--", lw=1.2,
+        sns.lineplot(data=baseline, x="cum_epoch", y="val_acc", color="black", dashes=(6, 3), lw=1.2,
                      errorbar=("pi", 100), label="dense baseline", ax=ax)
-    ax.set(xlabel="cumulative epoch", ylabel="validation accuracy", title=title)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set(xlabel=words("cum_epoch"), ylabel=words("val_acc"), title=f"{title}\n{seeds_note(history)}")
+    outside_legend(ax)
+    caveat(ax, history)
     return ax
 
 
 def plot_final(table, x: str, hue: str, title: str, ax=None, references: dict[str, float] | None = None):
-    """Final validation accuracy against `x`, one line per `hue` (mean, with the range over seeds); each of
-    `references` (label -> accuracy, e.g. the dense baseline) is a dashed horizontal line."""
+    """Final validation accuracy against `x`, one line per `hue` (mean, with the range over seeds as bars); each of
+    `references` (label -> accuracy, e.g. the dense baseline) is a horizontal line."""
     import matplotlib.pyplot as plt
     import seaborn as sns
     if ax is None:
@@ -55,30 +94,56 @@ def plot_final(table, x: str, hue: str, title: str, ax=None, references: dict[st
     sns.lineplot(data=table, x=x, y="final_val_acc", hue=hue, marker="o", errorbar=("pi", 100), err_style="bars",
                  err_kws={"capsize": 4}, ax=ax)
     for (label, acc), ls in zip((references or {}).items(), ("--", ":", "-.")):
-        ax.axhline(acc, color="black", ls=ls, lw=1.2, label=f"{label} ({acc:.3f})")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.set(ylabel="final validation accuracy", title=title)
+        ax.axhline(acc, color="black", ls=ls, lw=1.2, label=f"{label} ({acc:.2%})")
+    ax.set(xlabel=words(x), ylabel=words("final_val_acc"), title=f"{title}\n{seeds_note(table, 'bars')}")
+    outside_legend(ax, words(hue))
+    caveat(ax, table)
+    return ax
+
+
+def plot_rounds_vs_epochs(table, ax=None):
+    """Each schedule's final accuracy at 50% beside the dense network trained as long as its last phase (its phase
+    0, E epochs): the fair reference, since fewer rounds leave more epochs to each phase."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 5))
+    both = table.melt(id_vars=["rounds", "epochs", "seed"], value_vars=["final_val_acc", "phase0_val_acc"],
+                      var_name="what", value_name="accuracy")
+    both["what"] = both["what"].map({"final_val_acc": "pruned to 50%, after the last round",
+                                     "phase0_val_acc": "dense, trained as long as the last phase (E epochs)"})
+    sns.lineplot(data=both, x="rounds", y="accuracy", hue="what", style="what", markers=True, dashes=["", (4, 2)],
+                 errorbar=("pi", 100), err_style="bars", err_kws={"capsize": 4}, ax=ax)
+    schedules = table.groupby("rounds").epochs.first()
+    ax.set_xticks(list(schedules.index), labels=[f"{r} × {e}" for r, e in schedules.items()])
+    ax.set(xlabel="rounds R × epochs a round E", ylabel=words("val_acc"),
+           title=f"Rounds against epochs at 50% sparsity\n{seeds_note(table, 'bars')}")
+    outside_legend(ax, "")
+    caveat(ax, table)
     return ax
 
 
 def plot_classic(curve, ax=None):
     """The classic lottery-ticket figure: accuracy at the end of each round against the weights remaining (log
-    axis, 100% to 5%), one line per arm (mean and range over seeds), the dense phase 0 dotted."""
+    axis), one line per arm (mean and range over seeds), the dense phase 0 dotted."""
     import matplotlib.pyplot as plt
     import seaborn as sns
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 5))
     pruned = curve[curve["round"] > 0]
     n = pruned.groupby("experiment").seed.nunique()
-    pruned = pruned.assign(arm=[f"{e} ({n[e]} {'seeds' if n[e] > 1 else 'seed'})" for e in pruned.experiment])
+    pruned = pruned.assign(arm=[f"{ARMS[e].label} ({n[e]} {'seeds' if n[e] > 1 else 'seed'})"
+                                for e in pruned.experiment])
     sns.lineplot(data=pruned, x="remaining (%)", y="val_acc", hue="arm", marker="o", errorbar=("pi", 100), ax=ax)
     dense = curve[curve["round"] == 0].groupby("seed").val_acc.first().mean()  # one shared phase 0 a seed
-    ax.axhline(dense, color="black", ls=":", lw=1.2, label=f"dense phase 0 ({dense:.3f})")
+    ax.axhline(dense, color="black", ls=":", lw=1.2, label=f"dense phase 0 ({dense:.2%})")
     ax.set_xscale("log")
     ax.set_xlim(100, 5)
     ax.set_xticks([100, 50, 20, 10, 5], labels=["100", "50", "20", "10", "5"])
-    ax.set(ylabel="validation accuracy at the end of the round", title="Iterative pruning to 5% of the weights")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set(xlabel="weights remaining (%, log scale)", ylabel="validation accuracy at the end of the round",
+           title=f"Iterative pruning to {pruned['remaining (%)'].min():.1f}% of the weights\n"
+                 "mean over each arm's seeds; band: min-max")
+    outside_legend(ax)
     return ax
 
 
@@ -92,9 +157,9 @@ def arm_curves(records: list[dict], name: str) -> list[tuple[str, object]]:
         if not family:
             continue
         history = history_table(family)
-        history["schedule"] = history["rounds"].astype(str) + " × " + history["epochs"].astype(str)
         hue = next((k for k in ("sparsity", "schedule", "model") if history[k].nunique() > 1), "sparsity")
-        title = f"{arm.label}{', classic curve' if classic else ''}: validation accuracy by {hue}"
+        title = (f"{arm.label}{', classic curve (20% a round)' if classic else ''}: validation accuracy by "
+                 f"{words(hue)}")
         out.append((f"{arm.figure}{'_classic' if classic else ''}",
                     plot_curves(history, hue=hue, title=title, palette="deep" if hue != "sparsity" else "viridis")))
     return out

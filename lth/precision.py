@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import helpers as H
+from lth.spec import plural
 
 PRECISION_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lottery-ticket" / "precision.json"
 
@@ -177,7 +178,7 @@ def describe_device(dev: torch.device, precision: str | None = None) -> str:
     if dev.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(dev)}"
     kernels = ", bf16 convolutions on fp32 kernels (Bf16Conv)" if bf16_on_fp32_kernels(dev, precision) else ""
-    return f"cpu: {cpu_model()}, {torch.get_num_threads()} threads{kernels}"
+    return f"cpu: {cpu_model()}, {plural(torch.get_num_threads(), 'thread')}{kernels}"
 
 
 def versions() -> dict:

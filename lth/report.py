@@ -6,13 +6,12 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import helpers as H
 from lth import store
 from lth.data import data_identity
 from lth.identity import DamagedFile, ResultMismatch
-from lth.spec import ARMS, CLASSIC, RunSpec, exact, is_classic, model_label, pruned_arms
+from lth.spec import ARMS, CLASSIC, RunSpec, exact, is_classic, model_label, plural, pruned_arms
 
 UNREADABLE = (FileNotFoundError, DamagedFile, ResultMismatch)  # a saved file that is skipped, and named
 
@@ -20,10 +19,29 @@ UNREADABLE = (FileNotFoundError, DamagedFile, ResultMismatch)  # a saved file th
 def runs_table(records: list[dict]):
     """One row per run: its parameters, final accuracy (and its dense phase 0's), sparsity, seconds."""
     import pandas as pd
-    rows = [{**r["params"], "model": model_label(r["params"]), "final_val_acc": r["final_val_acc"],
+    rows = [{**r["params"], **labels(r), "final_val_acc": r["final_val_acc"],
              "phase0_val_acc": phase0_acc(r), "final_sparsity": r["final_sparsity"], "seconds": r["seconds"],
              "name": r["name"]} for r in records]
     return pd.DataFrame(rows)
+
+
+def study_markdown() -> str:
+    """The study as run_all.py runs it, from `ARMS`: one row per arm, with its parameter sets."""
+    rows = ["| notebook | arm | pruning + reset | parameter sets (each for every seed) |", "| --- | --- | --- | --- |"]
+    for name, arm in ARMS.items():
+        specs = [RunSpec.of(name, **params) for params in arm.plan]
+        how = "dense" if not specs[0].rounds else f"{specs[0].strategy} + {specs[0].reset}"
+        rows.append(f"| {arm.notebook} | {arm.label} | {how} | {'; '.join(map(describe_run, specs))} |")
+    return "\n".join(rows)
+
+
+def describe_run(spec: RunSpec) -> str:
+    if not spec.rounds:
+        return f"{model_label(vars(spec))}, {spec.epochs} epochs"
+    if is_classic(vars(spec)):
+        return (f"classic curve: {spec.rounds} rounds × {spec.epochs} epochs, 20% of the survivors a round, to "
+                f"{1 - spec.sparsity:.1%} of the weights")
+    return f"p = {spec.sparsity:g}, {spec.rounds} × {spec.epochs}"
 
 
 def history_table(records: list[dict]):
@@ -31,8 +49,25 @@ def history_table(records: list[dict]):
     `sparsity_now` the sparsity during that epoch."""
     import pandas as pd
     epoch = lambda e: {("sparsity_now" if k == "sparsity" else k): v for k, v in e.items() if k != "layer_sparsity"}
-    return pd.DataFrame([{**r["params"], "model": model_label(r["params"]), "name": r["name"], **epoch(e)}
+    return pd.DataFrame([{**r["params"], **labels(r), "name": r["name"], **epoch(e)}
                          for r in records for e in r["history"]])
+
+
+def labels(record: dict) -> dict:
+    """How figures and tables name a run's arm, model and schedule, and its series: one arm on one schedule, so
+    that no line or mark joins two protocols."""
+    p = record["params"]
+    schedule = f"{p['rounds']} × {p['epochs']}" if p["rounds"] else f"dense, {p['epochs']} epochs"
+    series = f"{ARMS[record['experiment']].label}, {'classic curve' if is_classic(p) else schedule}"
+    return {"arm": ARMS[record["experiment"]].label, "model": model_label(p), "schedule": schedule, "series": series,
+            "quick": is_quick([record])}
+
+
+def seed_table(table, index: str, columns: str = "arm"):
+    """Final accuracy as 'mean (range, seeds)' for each `index` and `columns` value: a table to read ('-' where
+    nothing ran)."""
+    cells = table.groupby([index, columns]).final_val_acc.agg(lambda accs: spread(list(accs)))
+    return cells.unstack(columns).fillna("-")
 
 
 def phase0_acc(record: dict) -> float:
@@ -47,8 +82,10 @@ def spread(accs: list[float]) -> str:
     return f"{np.mean(accs):.2%} (range {min(accs):.2%}-{max(accs):.2%}, {len(accs)} seeds)"
 
 
-def verdict(a: list[float], b: list[float]) -> str:
+def verdict(a: list[float], b: list[float], quick: bool = False) -> str:
     """Whether the difference between two arms exceeds what their seeds spread over."""
+    if quick:
+        return "no verdict on a quick run"
     if min(len(a), len(b)) < 2:
         return "one seed: no range to judge it against"
     if min(a) > max(b) or max(a) < min(b):
@@ -61,7 +98,7 @@ def findings(records: list[dict], batchnorm: bool = True, dropout: float = 0.0, 
     """The study's findings as sentences, every number computed from `records` (means, ranges over seeds): each arm
     of `ARMS` in turn, by the block its entry names, then the classic curve."""
     ask = Findings(records, dict(batchnorm=batchnorm, dropout=dropout), rounds, epochs)
-    out = []
+    out = [QUICK_CAVEAT] if ask.quick else []
     for name, arm in ARMS.items():
         out += getattr(ask, arm.findings)(name)
     return out + classic_findings(records, ask.model)
@@ -72,6 +109,10 @@ class Findings:
 
     def __init__(self, records: list[dict], model: dict, rounds: int, epochs: int):
         self.records, self.model, self.rounds, self.epochs = records, model, rounds, epochs
+        self.quick = is_quick(records)
+
+    def verdict(self, a: list[float], b: list[float]) -> str:
+        return verdict(a, b, self.quick)
 
     def runs(self, experiment: str, **where) -> list[dict]:
         return [r for r in self.records if r["experiment"] == experiment and
@@ -106,10 +147,10 @@ class Findings:
         for p in self.sparsities(name, other):
             ticket, control = self.accs(name, **self.schedule(p)), self.accs(other, **self.schedule(p))
             if ticket and control:
-                out.append(f"Sparsity {p:.0%}: {name} {spread(ticket)}, {other} {spread(control)}: the ticket leads by "
-                           f"{points(np.mean(ticket) - np.mean(control))}, {verdict(ticket, control)}; against the "
-                           f"phase 0 of the same seeds: {name} {self.gain(name, **self.schedule(p))}, {other} "
-                           f"{self.gain(other, **self.schedule(p))}.")
+                out.append(f"Sparsity {p:.0%}: {name} {spread(ticket)}, {other} {spread(control)}: the ticket leads "
+                           f"by {points(np.mean(ticket) - np.mean(control))}, {self.verdict(ticket, control)}; "
+                           f"against the phase 0 of the same seeds: {name} {self.gain(name, **self.schedule(p))}, "
+                           f"{other} {self.gain(other, **self.schedule(p))}.")
         return out
 
     def in_sweep(self, name: str) -> list[str]:
@@ -121,19 +162,20 @@ class Findings:
         for p in self.sparsities(name):
             arm, a, b = (self.accs(e, **self.schedule(p)) for e in (name, ticket, control))
             if arm and a:
-                out.append(f"Re-initialised survivors at {p:.0%}: {spread(arm)}, {points(np.mean(arm) - np.mean(a))} "
-                           f"against the rewound ticket ({verdict(arm, a)})" + (
-                               f" and {points(np.mean(arm) - np.mean(b))} against random pruning ({verdict(arm, b)})"
-                               if b else "") + ".")
+                out.append(f"{ARMS[name].label.capitalize()} at {p:.0%}: {spread(arm)}, "
+                           f"{points(np.mean(arm) - np.mean(a))} against the rewound ticket ({self.verdict(arm, a)})"
+                           + (f" and {points(np.mean(arm) - np.mean(b))} against random pruning "
+                              f"({self.verdict(arm, b)})" if b else "") + ".")
         return out
 
     def rounds_vs_epochs(self, name: str) -> list[str]:
         out = []
         for rounds, epochs in sorted({(r["params"]["rounds"], r["params"]["epochs"]) for r in self.runs(name)}):
             same = self.runs(name, rounds=rounds, epochs=epochs)
-            out.append(f"{rounds} round(s) × {epochs} epochs to 50%: {spread([r['final_val_acc'] for r in same])}, "
-                       f"{points(np.mean([r['final_val_acc'] - phase0_acc(r) for r in same]))} against the dense "
-                       f"network trained as long ({epochs} epochs).")
+            accs, dense = [r["final_val_acc"] for r in same], [phase0_acc(r) for r in same]
+            out.append(f"{plural(rounds, 'round')} × {epochs} epochs to 50%: {spread(accs)}, "
+                       f"{points(np.mean(accs) - np.mean(dense))} against the dense network trained as long as its "
+                       f"last phase ({epochs} epochs, the same seeds: {spread(dense)}; {self.verdict(accs, dense)}).")
         return out
 
     def compare(self, name: str) -> list[str]:
@@ -146,9 +188,18 @@ class Findings:
             for other in ARMS[name].against:
                 accs = self.accs(other, **self.schedule(p))
                 if accs:
-                    line += f"; {points(np.mean(arm) - np.mean(accs))} against {other} ({verdict(arm, accs)})"
+                    line += f"; {points(np.mean(arm) - np.mean(accs))} against {other} ({self.verdict(arm, accs)})"
             out.append(line + ".")
         return out
+
+
+QUICK_CAVEAT = ("**Quick run: not meaningful.** A few thousand images and one epoch a phase check that the pipeline "
+                "runs; the accuracies below are near chance, and no verdict is drawn from them.")
+
+
+def is_quick(records: list[dict]) -> bool:
+    """Runs on a subset of the data (run_all.py --quick): they check the pipeline, they measure nothing."""
+    return any(r["data"].get("subset") for r in records)
 
 
 def points(x: float) -> str:
@@ -251,6 +302,10 @@ def reading(record: dict, results_dir: Path | str) -> str:
     same_model = lambda r: all(r["params"][k] == p[k] for k in ("batchnorm", "dropout", "seed"))
     text = (f"{record['name']}: {record['final_val_acc']:.2%} validation accuracy at sparsity "
             f"{record['final_sparsity']:.1%}")
+    if is_quick([record]):
+        return (f"{record['name']} is a quick run ({record['data']['subset'][0]:,} training images, {p['epochs']} "
+                f"epoch a phase): it checks that the pipeline runs and measures nothing. Its accuracy, "
+                f"{record['final_val_acc']:.2%}, is not a result; run it without quick for one.")
     records = store.load_records(results_dir)
     dense = [r for r in records if r["experiment"] == "baseline" and same_model(r)]
     if dense and record["experiment"] != "baseline":
@@ -265,72 +320,3 @@ def reading(record: dict, results_dir: Path | str) -> str:
                 and same_model(other) and all(other["params"][k] == p[k] for k in ("sparsity", "rounds", "epochs")):
             text += f"; {other['experiment']} at the same sparsity and schedule: {other['final_val_acc']:.2%}"
     return text + "."
-
-
-def overlap(a: H.Masks, b: H.Masks) -> dict[str, float]:
-    """How much two masks keep the same weights: the fraction of a's survivors that b keeps too, and the Jaccard
-    index of the two survivor sets, each beside its value for independent masks with the same per-layer counts."""
-    both = sum(int((a[k] & b[k]).sum()) for k in a)
-    na, nb = sum(int(a[k].sum()) for k in a), sum(int(b[k].sum()) for k in a)
-    chance = sum(int(a[k].sum()) * int(b[k].sum()) / a[k].numel() for k in a)
-    return {"shared": both / na, "shared_chance": chance / na,
-            "jaccard": both / (na + nb - both), "jaccard_chance": chance / (na + nb - chance)}
-
-
-def one_shot_masks(weights: dict[str, torch.Tensor], sparsity: float) -> H.Masks:
-    """Magnitude masks pruning `sparsity` of every layer at once: what a one-shot prune of `weights` would keep."""
-    keep = lambda w: w.numel() - round(sparsity * w.numel())
-    return {k: H.keep_top(w.abs().float(), keep(w), torch.ones_like(w, dtype=torch.bool)) for k, w in weights.items()}
-
-
-def chosen(records: list[dict], choice: dict) -> list[dict]:
-    """The records of `choice`: its arms, its model, and its sparsity (None: all)."""
-    return [r for r in records if r["experiment"] in choice["arms"] and model_label(r["params"]) == choice["model"]
-            and (choice["sparsity"] is None or np.isclose(r["params"]["sparsity"], choice["sparsity"]))]
-
-
-def runs_with_masks(records: list[dict], results_dir: Path | str, choice: dict,
-                    skipped: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
-    """The chosen runs (at choice['seed']) whose masks were saved: experiment -> (record, {round: masks}); a mask
-    file that cannot be read is named in `skipped`."""
-    out = {}
-    for r in chosen(records, choice):
-        spec = RunSpec(**r["params"])
-        if spec.seed == choice["seed"] and store.masks_path(results_dir, spec).exists() and r["experiment"] not in out:
-            try:
-                out[r["experiment"]] = (r, store.load_masks(results_dir, r))
-            except UNREADABLE as e:
-                (skipped if skipped is not None else []).append(str(e))
-    return out
-
-
-def mask_findings(records: list[dict], results_dir: Path | str, sparsity: float = 0.5,
-                  skipped: list[str] | None = None) -> list[str]:
-    """Findings from the saved masks at `sparsity`, per seed that has them: lottery against random, and how much of
-    the ticket a one-shot prune at round 1 would already have chosen; each beside its chance value. A file that
-    cannot be read is named in `skipped`, and the rest goes on."""
-    out, skipped = [], skipped if skipped is not None else []
-    for seed in sorted({r["params"]["seed"] for r in records}):
-        choice = {"arms": ["lottery", "random"], "model": model_label(vars(RunSpec.of("lottery", sparsity=sparsity))),
-                  "sparsity": sparsity, "seed": seed}
-        runs = runs_with_masks(records, results_dir, choice, skipped)
-        if "lottery" not in runs:
-            continue
-        r, masks = runs["lottery"]
-        final = masks[max(masks)]
-        if "random" in runs:
-            o = overlap(final, runs["random"][1][max(runs["random"][1])])
-            out.append(f"Seed {seed}, {sparsity:.0%}: the ticket and random pruning share {o['shared']:.1%} of their "
-                       f"survivors (chance {o['shared_chance']:.1%}; Jaccard {o['jaccard']:.3f}, chance "
-                       f"{o['jaccard_chance']:.3f}).")
-        try:
-            state = store.load_phase0(results_dir, r)["state"]
-        except UNREADABLE as e:
-            skipped.append(str(e))
-            continue
-        o = overlap(final, one_shot_masks({k: state[k] for k in final}, sparsity))
-        out.append(f"Seed {seed}, {sparsity:.0%}: {o['shared']:.1%} of the ticket's survivors after {max(masks)} "
-                   f"rounds are among those a one-shot prune to {sparsity:.0%} would have kept at round 1 (chance "
-                   f"{o['shared_chance']:.1%}).")
-    return out or [f"No lottery run at {sparsity:.0%} has saved masks yet (the runs made before masks were kept lack "
-                   "them; magnitude masks cannot be rebuilt without retraining)."]

@@ -50,7 +50,7 @@ ARMS: dict[str, Arm] = {  # in the order the findings state them
                    (*SWEEP, CLASSIC), "lottery_curves", findings="sweep", against=("random",)),
     "random": Arm("03_random_sweep", "random pruning", dict(strategy="random", reset="rewind"), (*SWEEP, CLASSIC),
                   "random_curves", findings="in_sweep"),
-    "reinit": Arm("05_random_reinit", "re-initialised survivors", dict(strategy="magnitude", reset="reinit",
+    "reinit": Arm("05_random_reinit", "re-init each round", dict(strategy="magnitude", reset="reinit",
                                                                        sparsity=0.5),
                   (dict(), CLASSIC), "reinit_curves", findings="reinit", against=("lottery", "random")),
     "rounds_vs_epochs": Arm("04_rounds_vs_epochs", "rounds against epochs", dict(strategy="magnitude",
@@ -154,6 +154,11 @@ def exact(x: float) -> str:
     """A number as short as it reads back exactly: 0.5 -> '0.5'; two sparsities never share a name."""
     text = f"{x:g}"
     return text if float(text) == x else repr(float(x))
+
+
+def plural(n: int, word: str) -> str:
+    """'1 seed', '3 seeds'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def is_classic(params: dict) -> bool:

@@ -191,7 +191,7 @@ def test_findings_compute_gap_range_and_whether_it_exceeds_the_seed_range():
             "3 seeds): the ticket leads by +5.00 points, beyond the seed range: the ranges do not overlap") in text
     assert ("Sparsity 20%: lottery 79.00% (range 78.00%-80.00%, 2 seeds), random 78.00% (range 77.00%-79.00%, "
             "2 seeds): the ticket leads by +1.00 points, within the seed range: the ranges overlap") in text
-    assert ("Re-initialised survivors at 50%: 78.00% (1 seed), -3.00 points against the rewound ticket (one seed: "
+    assert ("Re-init each round at 50%: 78.00% (1 seed), -3.00 points against the rewound ticket (one seed: "
             "no range to judge it against)") in text
     assert "Dense network after phase 0 (5 epochs, the fair reference): 75.00% (range 75.00%-75.00%, 3 seeds)" in text
     assert "against the phase 0 of the same seeds: lottery +6.00 points, random +1.00 points." in text
@@ -224,7 +224,7 @@ def test_the_classic_curve_finds_where_each_arm_falls_two_points_below_phase0():
     assert "| random, classic curve (20% a round) R=13 E=5 | 60.00% | 1 |" in results_markdown([lottery, random])
     ax = plot_classic(classic_curve([lottery, random, random1]))
     assert ax.get_xscale() == "log" and ax.get_xlim() == (100, 5)
-    assert {"lottery (1 seed)", "random (2 seeds)", "dense phase 0 (0.725)"} <= {
+    assert {"lottery ticket (1 seed)", "random pruning (2 seeds)", "dense phase 0 (72.50%)"} <= {
         t.get_text() for t in ax.get_legend().get_texts()}
 
 

@@ -9,7 +9,7 @@ from nbclient import NotebookClient
 
 import helpers as H
 from lth.explore import VIEWS, default_choice, view_overlap
-from lth.report import mask_findings
+from lth.masks import mask_findings
 from lth.store import load_records
 
 matplotlib.use("Agg")

@@ -4,7 +4,7 @@ import torch
 
 import helpers as H
 from conftest import FAST
-from lth.report import one_shot_masks, overlap
+from lth.masks import one_shot_masks, overlap
 from lth.runs import run_experiment
 from lth.spec import RunSpec
 from lth.store import load_masks, masks_path

@@ -21,7 +21,8 @@ from conftest import FAST, dies_at_call, fake_arrays, run_all
 from lth.data import data_identity, data_source, load_data
 from lth.explore import VIEWS, default_choice
 from lth.identity import DamagedFile, ResultMismatch
-from lth.report import mask_findings, write_readme_results
+from lth.masks import mask_findings
+from lth.report import write_readme_results
 from lth.runs import resolve_hparams, run_experiment
 from lth.spec import RunSpec, as_bool
 from lth.store import (

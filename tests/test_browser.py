@@ -1,0 +1,167 @@
+"""The explorer as a reader meets it: JupyterLab on 127.0.0.1 and headless Chromium (Debian's `chromium`, driven by
+Playwright's Python package), the notebook run from the menu, widgets changed and a run trained through the page.
+Needs `pip install playwright jupyterlab` and a system Chromium; skipped without them unless LTH_BROWSER=required."""
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import helpers as H
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def needs_browser():
+    missing = [what for what, ok in (("playwright", _has("playwright")), ("jupyterlab", _has("jupyterlab")),
+                                     ("a chromium executable", CHROMIUM)) if not ok]
+    if missing:
+        message = (f"the browser test needs {', '.join(missing)}: pip install playwright jupyterlab; "
+                   "apt install chromium")
+        if os.environ.get("LTH_BROWSER") == "required":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_lab(root: Path, env: dict) -> tuple[subprocess.Popen, str]:
+    """JupyterLab serving `root`, on loopback only, with a token; its settings and workspaces in `root`'s parent."""
+    port, token = free_port(), secrets.token_hex(16)
+    state = root.parent / "lab-state"
+    news = state / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    news.parent.mkdir(parents=True)
+    news.write_text(json.dumps({"fetchNews": "false"}))  # no news toast over the page
+    env = {**env, "JUPYTERLAB_SETTINGS_DIR": str(state / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(state / "ws"),
+           "JUPYTER_RUNTIME_DIR": str(state / "runtime")}
+    log = open(root.parent / "lab.log", "w")
+    lab = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+                            f"--ServerApp.port={port}", f"--IdentityProvider.token={token}",
+                            f"--ServerApp.root_dir={root}", "--LabApp.news_url=", "--ServerApp.port_retries=0",
+                            *(["--allow-root"] if os.geteuid() == 0 else [])],
+                           env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+            return lab, f"{url}/lab/tree/07_explore.ipynb?token={token}"
+        except OSError:
+            if lab.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited: {(root.parent / 'lab.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    raise RuntimeError("JupyterLab did not answer within 60 s")
+
+
+def explorer_copy(folder: Path, results: Path, data: Path) -> Path:
+    """07_explore as a user would open it, pointed at `results` and `data`, in a folder of its own: the page's
+    autosave never touches the tracked notebook."""
+    nb = nbformat.read(H.ROOT / "notebooks" / "07_explore.ipynb", as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params.source = f"results_dir = {str(results)!r}\nquick = True\ndata_dir = {str(data)!r}"
+    folder.mkdir()
+    nbformat.write(nb, folder / "07_explore.ipynb")
+    return folder
+
+
+def menu(page, top: str, item: str) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text=top).first.click()
+    page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
+
+
+def picture(page) -> dict:
+    """The explorer's figure as the page shows it: its source and its natural size in pixels."""
+    return page.locator("img.widget-image").first.evaluate(
+        "img => ({src: img.src, width: img.naturalWidth, height: img.naturalHeight})")
+
+
+def changed(page, before: dict, timeout_s: float) -> dict:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        now = picture(page)
+        if now["src"] != before["src"] and now["width"]:
+            return now
+        page.wait_for_timeout(250)
+    raise AssertionError(f"the explorer's figure did not change within {timeout_s} s")
+
+
+def log_console(page) -> list[dict]:
+    """What JupyterLab's log console holds for this notebook at every level: each kernel output, its level and its
+    type; the console's own notes ("Log level set to debug") left out."""
+    panel = page.locator(".jp-LogConsolePanel")
+    if not panel.count():
+        menu(page, "View", "Show Log Console")
+        panel.wait_for()
+        page.locator("select:has(option[value='debug'])").first.select_option("debug")
+    return panel.locator(".jp-OutputArea-child").evaluate_all("""els => els.map(e => ({
+        level: e.querySelector('[data-log-level]').dataset.logLevel,
+        mime: (e.querySelector('[data-mime-type]') || {dataset: {}}).dataset.mimeType || '',
+        text: e.innerText.slice(0, 200)})).filter(e => e.level !== 'metadata')""")
+
+
+def test_the_explorer_redraws_whole_in_a_real_browser_after_a_view_change_and_a_train(quick_study, tmp_path):
+    needs_browser()
+    from playwright.sync_api import sync_playwright
+    common, results, out = quick_study
+    assert out.returncode == 0, out.stderr[-2000:]
+    shots = Path(os.environ["LTH_SCREENSHOTS"]) if os.environ.get("LTH_SCREENSHOTS") else tmp_path
+    root = explorer_copy(tmp_path / "lab", results, Path(common[common.index("--data-dir") + 1]))
+    lab, url = start_lab(root, {**os.environ, "LTH_ROOT": str(H.ROOT), "OMP_NUM_THREADS": "2"})
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(url)
+            page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').wait_for(timeout=120_000)
+            log_console(page)
+            menu(page, "Run", "Run All Cells")
+            page.locator("img.widget-image").first.wait_for(timeout=180_000)
+            page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').wait_for(timeout=180_000)
+            first = changed(page, {"src": None}, 30)
+            page.locator("img.widget-image").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "explorer_before_train.png"))
+
+            view = page.locator(".widget-dropdown", has_text="view").locator("select").first
+            view.select_option("accuracy curves")
+            curves = changed(page, first, 60)
+
+            seed = page.locator(".widget-text", has_text="seed").locator("input").first
+            seed.fill("7")  # a run the study lacks: it trains, and the views gain a seed
+            seed.press("Enter")
+            before_train = len(log_console(page))
+            page.get_by_role("button", name="train").click()
+            page.locator(".widget-output", has_text="is saved in").first.wait_for(timeout=300_000)
+            after = changed(page, curves, 60)
+            page.locator("img.widget-image").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "explorer_after_train.png"))
+            page.wait_for_timeout(1000)
+            after_train = log_console(page)[before_train:]
+            browser.close()
+    finally:
+        lab.terminate()
+        lab.wait(timeout=30)
+    # the redrawn figure is whole: as large as the one before the train, not a title and a sliver of axes
+    assert after["width"] >= 0.9 * curves["width"] and after["height"] >= 0.9 * curves["height"], (curves, after)
+    assert after["height"] > 300, after
+    # every kernel output is logged at level info; what matters is that the redraw sent no figure there (it is the
+    # image widget's value, not an output) and that nothing went wrong
+    assert [e for e in after_train if e["mime"].startswith("image/")] == [], after_train
+    assert [e for e in after_train if e["level"] in ("warning", "error", "critical") or "stderr" in e["mime"]
+            or e["mime"] == "application/vnd.jupyter.error"] == [], json.dumps(after_train)[:2000]
