@@ -10,7 +10,7 @@ import torch
 
 from lth import store
 from lth.masks import chosen, one_shot_masks, overlap, runs_with_masks
-from lth.plots import caveat, level, outside_legend, words
+from lth.plots import caveat, level, outside_legend, seed_range, words
 from lth.report import UNREADABLE, history_table, labels
 from lth.spec import ARMS, RunSpec, is_classic, model_label, pruned_arms
 
@@ -61,7 +61,7 @@ def _figure(title: str, message: str | None = None):
 
 def _spread(choice: dict) -> dict:
     """Mean with the min-max range over seeds, or one line per seed."""
-    return dict(units="seed", estimator=None) if choice["seeds"] == "each" else dict(errorbar=("pi", 100))
+    return dict(units="seed", estimator=None) if choice["seeds"] == "each" else dict(errorbar=seed_range)
 
 
 def view_curves(records: list[dict], results_dir: Path | str, choice: dict):
@@ -116,7 +116,7 @@ def view_layers(records: list[dict], results_dir: Path | str, choice: dict):
         rows = [{"run": f"{labels(r)['series']}, p = {level(r['params']['sparsity'])}", "seed": r["params"]["seed"],
                  "layer": k.removesuffix(".weight"), "layer sparsity": v}
                 for r in runs for k, v in r["history"][-1]["layer_sparsity"].items()]
-        sns.barplot(data=pd.DataFrame(rows), x="layer", y="layer sparsity", hue="run", errorbar=("pi", 100), ax=ax)
+        sns.barplot(data=pd.DataFrame(rows), x="layer", y="layer sparsity", hue="run", errorbar=seed_range, ax=ax)
         ax.tick_params(axis="x", rotation=45)
         outside_legend(ax)
     return fig

@@ -28,6 +28,12 @@ WORDS = {"cum_epoch": "cumulative epoch", "val_acc": "validation accuracy",
          "final_val_acc": "final validation accuracy", "schedule": "rounds × epochs a round", "series": "arm, schedule"}
 
 
+def seed_range(values):
+    """Min-max over seeds, never inside the mean: seeds of equal accuracy give a mean a rounding error above their
+    max, and matplotlib refuses the negative error bar that makes."""
+    return min(values.min(), values.mean()), max(values.max(), values.mean())
+
+
 def words(column: str) -> str:
     """An axis or legend title in words, not a field name."""
     return WORDS.get(column, column.replace("_", " "))
@@ -71,12 +77,12 @@ def plot_curves(history, hue: str, title: str, ax=None, baseline=None, palette: 
     # solid against dotted: two arms told apart at a glance, and neither like the baseline's long dashes
     dashes = dict(zip(sorted(history[style].unique()), ("", (1.5, 1.5), (4, 1.5, 1, 1.5)))) if style else True
     sns.lineplot(data=history, x="cum_epoch", y="val_acc", hue=hue, hue_order=order, style=style, dashes=dashes,
-                 palette=palette, marker=None if style else "o", markersize=3, errorbar=("pi", 100), ax=ax)
+                 palette=palette, marker=None if style else "o", markersize=3, errorbar=seed_range, ax=ax)
     for edge in history.loc[history["round"] > 0].groupby(["name", "round"])["cum_epoch"].min().unique() - 0.5:
         ax.axvline(edge, color="grey", lw=0.6, ls=":")
     if baseline is not None and len(baseline):
         sns.lineplot(data=baseline, x="cum_epoch", y="val_acc", color="black", dashes=(6, 3), lw=1.2,
-                     errorbar=("pi", 100), label="dense baseline", ax=ax)
+                     errorbar=seed_range, label="dense baseline", ax=ax)
     ax.set(xlabel=words("cum_epoch"), ylabel=words("val_acc"), title=f"{title}\n{seeds_note(history)}")
     outside_legend(ax)
     caveat(ax, history)
@@ -91,7 +97,7 @@ def plot_final(table, x: str, hue: str, title: str, ax=None, references: dict[st
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 5))
     # the range as bars: a band has no width at a point measured at one x only (the re-init control)
-    sns.lineplot(data=table, x=x, y="final_val_acc", hue=hue, marker="o", errorbar=("pi", 100), err_style="bars",
+    sns.lineplot(data=table, x=x, y="final_val_acc", hue=hue, marker="o", errorbar=seed_range, err_style="bars",
                  err_kws={"capsize": 4}, ax=ax)
     for (label, acc), ls in zip((references or {}).items(), ("--", ":", "-.")):
         ax.axhline(acc, color="black", ls=ls, lw=1.2, label=f"{label} ({acc:.2%})")
@@ -113,7 +119,7 @@ def plot_rounds_vs_epochs(table, ax=None):
     both["what"] = both["what"].map({"final_val_acc": "pruned to 50%, after the last round",
                                      "phase0_val_acc": "dense, trained as long as the last phase (E epochs)"})
     sns.lineplot(data=both, x="rounds", y="accuracy", hue="what", style="what", markers=True, dashes=["", (4, 2)],
-                 errorbar=("pi", 100), err_style="bars", err_kws={"capsize": 4}, ax=ax)
+                 errorbar=seed_range, err_style="bars", err_kws={"capsize": 4}, ax=ax)
     schedules = table.groupby("rounds").epochs.first()
     ax.set_xticks(list(schedules.index), labels=[f"{r} × {e}" for r, e in schedules.items()])
     ax.set(xlabel="rounds R × epochs a round E", ylabel=words("val_acc"),
@@ -134,7 +140,7 @@ def plot_classic(curve, ax=None):
     n = pruned.groupby("experiment").seed.nunique()
     pruned = pruned.assign(arm=[f"{ARMS[e].label} ({n[e]} {'seeds' if n[e] > 1 else 'seed'})"
                                 for e in pruned.experiment])
-    sns.lineplot(data=pruned, x="remaining (%)", y="val_acc", hue="arm", marker="o", errorbar=("pi", 100), ax=ax)
+    sns.lineplot(data=pruned, x="remaining (%)", y="val_acc", hue="arm", marker="o", errorbar=seed_range, ax=ax)
     dense = curve[curve["round"] == 0].groupby("seed").val_acc.first().mean()  # one shared phase 0 a seed
     ax.axhline(dense, color="black", ls=":", lw=1.2, label=f"dense phase 0 ({dense:.2%})")
     ax.set_xscale("log")

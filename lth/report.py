@@ -58,6 +58,7 @@ def labels(record: dict) -> dict:
     that no line or mark joins two protocols."""
     p = record["params"]
     schedule = f"{p['rounds']} × {p['epochs']}" if p["rounds"] else f"dense, {p['epochs']} epochs"
+    schedule = f"classic curve, {schedule}" if is_classic(p) else schedule
     series = f"{ARMS[record['experiment']].label}, {'classic curve' if is_classic(p) else schedule}"
     return {"arm": ARMS[record["experiment"]].label, "model": model_label(p), "schedule": schedule, "series": series,
             "quick": is_quick([record])}
@@ -147,10 +148,11 @@ class Findings:
         for p in self.sparsities(name, other):
             ticket, control = self.accs(name, **self.schedule(p)), self.accs(other, **self.schedule(p))
             if ticket and control:
-                out.append(f"Sparsity {p:.0%}: {name} {spread(ticket)}, {other} {spread(control)}: the ticket leads "
+                a, b = ARMS[name].label, ARMS[other].label
+                out.append(f"Sparsity {p:.0%}: {a} {spread(ticket)}, {b} {spread(control)}: the ticket leads "
                            f"by {points(np.mean(ticket) - np.mean(control))}, {self.verdict(ticket, control)}; "
-                           f"against the phase 0 of the same seeds: {name} {self.gain(name, **self.schedule(p))}, "
-                           f"{other} {self.gain(other, **self.schedule(p))}.")
+                           f"against the phase 0 of the same seeds: {a} {self.gain(name, **self.schedule(p))}, "
+                           f"{b} {self.gain(other, **self.schedule(p))}.")
         return out
 
     def in_sweep(self, name: str) -> list[str]:
@@ -188,7 +190,8 @@ class Findings:
             for other in ARMS[name].against:
                 accs = self.accs(other, **self.schedule(p))
                 if accs:
-                    line += f"; {points(np.mean(arm) - np.mean(accs))} against {other} ({self.verdict(arm, accs)})"
+                    line += (f"; {points(np.mean(arm) - np.mean(accs))} against {ARMS[other].label} "
+                             f"({self.verdict(arm, accs)})")
             out.append(line + ".")
         return out
 
@@ -238,7 +241,7 @@ def classic_findings(records: list[dict], model: dict) -> list[str]:
         mean = rows.groupby("round").agg(val_acc=("val_acc", "mean"), remaining=("remaining (%)", "mean"))
         below, best = first_below(mean, dense), mean.loc[mean.val_acc.idxmax()]
         who = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of seeds {', '.join(map(str, seeds))}"
-        line = f"{arm} ({who}; their phase 0 {dense:.2%}): " + (
+        line = f"{ARMS[arm].label.capitalize()} ({who}; their phase 0 {dense:.2%}): " + (
             f"first more than 2 points below the dense phase 0 at {below.remaining.iloc[0]:.1f}% of the weights "
             f"left ({below.val_acc.iloc[0]:.2%})" if len(below) else
             f"never more than 2 points below it, down to {mean.remaining.min():.1f}% of the weights left "
@@ -256,8 +259,8 @@ def results_markdown(records: list[dict], **model) -> str:
     groups: dict[str, list[dict]] = {}
     for r in records:
         p = r["params"]
-        arm = f"{r['experiment']}, classic curve (20% a round)" if is_classic(p) else \
-            f"{r['experiment']} p={exact(p['sparsity'])}"
+        label = ARMS[r["experiment"]].label
+        arm = f"{label}, classic curve (20% a round)" if is_classic(p) else f"{label} p={exact(p['sparsity'])}"
         label = (f"dense baseline, {model_label(p)}, {p['epochs']} epochs" if not p["rounds"] else
                  f"{arm} R={p['rounds']} E={p['epochs']}" +
                  ("" if p["batchnorm"] and not p["dropout"] else f", {model_label(p)}"))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lth.data import load_data
+from lth.spec import RunSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import helpers as H  # noqa: E402
@@ -83,3 +84,15 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "quick_study" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+def fake_record(experiment: str, acc: float, phase0: float = 0.75, quick: bool = False, **params) -> dict:
+    """A record built by hand: phase 0 at `phase0`, every round at `acc`; `quick` marks it as made on a subset."""
+    spec = RunSpec.of(experiment, **params)
+    history = [{"round": 0, "val_acc": phase0, "sparsity": 0.0, "seconds": 1.0}] + [
+        {"round": r, "val_acc": acc, "sparsity": H.round_sparsities(spec.sparsity, spec.rounds)[r - 1],
+         "seconds": 1.0} for r in range(1, spec.rounds + 1)]
+    return {"experiment": experiment, "name": spec.name, "params": vars(spec), "final_val_acc": acc, "seconds": 1.0,
+            "final_sparsity": spec.sparsity, "history": history, "device": "cpu: test",
+            "hparams": {"precision": "bf16"},
+            "data": {"sha256": "test", "description": "test data", **({"subset": [2048, 1024]} if quick else {})}}

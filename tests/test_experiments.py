@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import helpers as H
-from conftest import FAST, run_all
+from conftest import FAST, fake_record, run_all
 from lth.batch import plan
 from lth.plots import plot_classic
 from lth.report import classic_curve, findings, reading, results_markdown, write_readme_results
@@ -170,16 +170,6 @@ def test_more_seeds_give_the_summary_a_range(quick_study):
     assert "(range " in "".join(o.get("text", "") for c in summary.cells if c.cell_type == "code" for o in c.outputs)
 
 
-def fake_record(experiment: str, acc: float, phase0: float = 0.75, **params) -> dict:
-    spec = RunSpec.of(experiment, **params)
-    history = [{"round": 0, "val_acc": phase0, "sparsity": 0.0, "seconds": 1.0}] + [
-        {"round": r, "val_acc": acc, "sparsity": H.round_sparsities(spec.sparsity, spec.rounds)[r - 1],
-         "seconds": 1.0} for r in range(1, spec.rounds + 1)]
-    return {"experiment": experiment, "name": spec.name, "params": vars(spec), "final_val_acc": acc,
-            "final_sparsity": spec.sparsity, "history": history, "device": "cpu: test",
-            "hparams": {"precision": "bf16"}, "data": {"sha256": "test", "description": "test data"}}
-
-
 def test_findings_compute_gap_range_and_whether_it_exceeds_the_seed_range():
     records = [fake_record("lottery", a, sparsity=0.5, seed=s) for s, a in enumerate((0.80, 0.82, 0.81))]
     records += [fake_record("random", a, sparsity=0.5, seed=s) for s, a in enumerate((0.75, 0.76, 0.77))]
@@ -187,18 +177,20 @@ def test_findings_compute_gap_range_and_whether_it_exceeds_the_seed_range():
     records += [fake_record("random", a, sparsity=0.2, seed=s) for s, a in enumerate((0.79, 0.77))]
     records += [fake_record("reinit", 0.78, sparsity=0.5)]
     text = "\n".join(findings(records))
-    assert ("Sparsity 50%: lottery 81.00% (range 80.00%-82.00%, 3 seeds), random 76.00% (range 75.00%-77.00%, "
-            "3 seeds): the ticket leads by +5.00 points, beyond the seed range: the ranges do not overlap") in text
-    assert ("Sparsity 20%: lottery 79.00% (range 78.00%-80.00%, 2 seeds), random 78.00% (range 77.00%-79.00%, "
-            "2 seeds): the ticket leads by +1.00 points, within the seed range: the ranges overlap") in text
+    assert ("Sparsity 50%: lottery ticket 81.00% (range 80.00%-82.00%, 3 seeds), random pruning 76.00% (range "
+            "75.00%-77.00%, 3 seeds): the ticket leads by +5.00 points, beyond the seed range: the ranges do not "
+            "overlap") in text
+    assert ("Sparsity 20%: lottery ticket 79.00% (range 78.00%-80.00%, 2 seeds), random pruning 78.00% (range "
+            "77.00%-79.00%, 2 seeds): the ticket leads by +1.00 points, within the seed range: the ranges "
+            "overlap") in text
     assert ("Re-init each round at 50%: 78.00% (1 seed), -3.00 points against the rewound ticket (one seed: "
             "no range to judge it against)") in text
     assert "Dense network after phase 0 (5 epochs, the fair reference): 75.00% (range 75.00%-75.00%, 3 seeds)" in text
-    assert "against the phase 0 of the same seeds: lottery +6.00 points, random +1.00 points." in text
+    assert "against the phase 0 of the same seeds: lottery ticket +6.00 points, random pruning +1.00 points." in text
     few = [fake_record(arm, 0.74, phase0=0.70, sparsity=0.3, seed=3) for arm in ("lottery", "random")]  # one seed
-    assert ("Sparsity 30%: lottery 74.00% (1 seed), random 74.00% (1 seed): the ticket leads by +0.00 points, one "
-            "seed: no range to judge it against; against the phase 0 of the same seeds: lottery +4.00 points, random "
-            "+4.00 points.") in "\n".join(findings(records + few))
+    assert ("Sparsity 30%: lottery ticket 74.00% (1 seed), random pruning 74.00% (1 seed): the ticket leads by +0.00 "
+            "points, one seed: no range to judge it against; against the phase 0 of the same seeds: lottery ticket "
+            "+4.00 points, random pruning +4.00 points.") in "\n".join(findings(records + few))
 
 
 def test_the_classic_curve_finds_where_each_arm_falls_two_points_below_phase0():
@@ -208,20 +200,21 @@ def test_the_classic_curve_finds_where_each_arm_falls_two_points_below_phase0():
     for e in random["history"][1:]:  # random pruning falls below 73% from round 4 on (0.8^4: 41% of the weights left)
         e["val_acc"] = 0.76 if e["round"] < 4 else 0.60
     text = "\n".join(findings([lottery, random]))
-    assert ("lottery (seed 0; their phase 0 75.00%): never more than 2 points below it, down to 5.5% of the weights "
-            "left (74.00%)") in text
-    assert ("random (seed 0; their phase 0 75.00%): first more than 2 points below the dense phase 0 at 41.0% of the "
-            "weights left (60.00%); best 76.00% at 80.0% left.") in text
+    assert ("Lottery ticket (seed 0; their phase 0 75.00%): never more than 2 points below it, down to 5.5% of the "
+            "weights left (74.00%)") in text
+    assert ("Random pruning (seed 0; their phase 0 75.00%): first more than 2 points below the dense phase 0 at 41.0% "
+            "of the weights left (60.00%); best 76.00% at 80.0% left.") in text
     # a second seed of random only, with a weaker phase 0: random is read against the phase 0 of its own seeds, and
     # each seed's own crossing is given (seed 1 never falls 2 points below its 70% phase 0)
     random1 = fake_record("random", 0.69, phase0=0.70, seed=1, **classic)
     text = "\n".join(findings([lottery, random, random1]))
     assert "dense phase 0 72.50% (range 70.00%-75.00%, 2 seeds)" in text
-    assert ("random (mean of seeds 0, 1; their phase 0 72.50%): first more than 2 points below the dense phase 0 at "
-            "41.0% of the weights left (64.50%); best 72.50% at 80.0% left. Seed by seed, first more than 2 points "
-            "below at: 41.0%, never.") in text
-    assert "lottery (seed 0; their phase 0 75.00%): never" in text
-    assert "| random, classic curve (20% a round) R=13 E=5 | 60.00% | 1 |" in results_markdown([lottery, random])
+    assert ("Random pruning (mean of seeds 0, 1; their phase 0 72.50%): first more than 2 points below the dense "
+            "phase 0 at 41.0% of the weights left (64.50%); best 72.50% at 80.0% left. Seed by seed, first more "
+            "than 2 points below at: 41.0%, never.") in text
+    assert "Lottery ticket (seed 0; their phase 0 75.00%): never" in text
+    table = results_markdown([lottery, random])
+    assert "| random pruning, classic curve (20% a round) R=13 E=5 | 60.00% | 1 |" in table
     ax = plot_classic(classic_curve([lottery, random, random1]))
     assert ax.get_xscale() == "log" and ax.get_xlim() == (100, 5)
     assert {"lottery ticket (1 seed)", "random pruning (2 seeds)", "dense phase 0 (72.50%)"} <= {
@@ -239,4 +232,4 @@ def test_the_readme_results_are_rewritten_between_their_markers(tmp_path, monkey
     assert said == "The README's results were rewritten from these 1 runs."
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro\n") and text.endswith("outro\n")
-    assert "| lottery p=0.5 R=5 E=5 | 80.00% | 1 | 75.00% | 0.5000 |" in text
+    assert "| lottery ticket p=0.5 R=5 E=5 | 80.00% | 1 | 75.00% | 0.5000 |" in text

@@ -1,0 +1,100 @@
+"""The report as a reader sees it: findings rendered as Markdown, figures whose lines each hold one protocol, a
+quick run that says it measures nothing, a static explorer with no widget reprs, and clean source notebooks."""
+import ast
+
+import matplotlib
+import nbformat
+import numpy as np
+import pytest
+
+import helpers as H
+from conftest import fake_record
+from lth import plots
+from lth.explore import view_final
+from lth.report import QUICK_CAVEAT, findings, reading, results_markdown, runs_table, study_markdown
+from lth.spec import ARMS, CLASSIC, RunSpec
+
+matplotlib.use("Agg")
+
+
+def test_no_line_of_the_final_accuracy_view_joins_two_protocols():
+    sweep = [fake_record(arm, acc + p / 10, sparsity=p, seed=s) for arm, acc in (("lottery", 0.8), ("random", 0.7))
+             for p in (0.1, 0.3, 0.5) for s in (0, 1)]
+    classic = [fake_record("lottery", 0.78, seed=s, **CLASSIC) for s in (0, 1)]
+    rve = [fake_record("rounds_vs_epochs", 0.8, rounds=r, epochs=e) for r, e in ((1, 30), (2, 15))]
+    choice = {"arms": ["lottery", "random", "rounds_vs_epochs"], "model": "BatchNorm, dropout 0", "sparsity": "all",
+              "seeds": "mean", "seed": 0}
+    ax = view_final(sweep + classic + rve, "unused", choice).axes[0]
+    protocols = [{0.1, 0.3, 0.5}, set(np.round(H.round_sparsities(CLASSIC["sparsity"], CLASSIC["rounds"]), 6))]
+    drawn = [set(np.round(np.asarray(line.get_xdata(), float), 6)) for line in ax.lines if len(line.get_xdata()) > 1]
+    assert drawn, "the view drew no lines"
+    assert all(any(xs <= p for p in protocols) for xs in drawn), drawn  # every line within one protocol
+    assert any(len(xs) == CLASSIC["rounds"] for xs in drawn)  # the classic curve, round by round
+    labels = {t.get_text() for t in ax.get_legend().get_texts()}
+    assert {"lottery ticket", "random pruning", "rounds against epochs", "5 × 5", "classic curve, 13 × 5", "1 × 30",
+            "2 × 15"} <= labels
+
+
+def test_the_findings_render_as_markdown_with_integer_counts_and_words():
+    records = [fake_record(arm, acc, sparsity=0.5, seed=s) for arm, acc in (("lottery", 0.8), ("random", 0.7))
+               for s in range(3)] + [fake_record("rounds_vs_epochs", 0.8, rounds=1, epochs=30)]
+    text = results_markdown(records)
+    lines = text.splitlines()
+    header = lines.index("| run | final val acc | seeds | its phase 0 (dense, E epochs) | final sparsity |")
+    assert lines[header + 1] == "| --- | --- | --- | --- | --- |"
+    assert "| lottery ticket p=0.5 R=5 E=5 | 80.00% (80.00%-80.00%) | 3 |" in text
+    assert all(line.startswith("- ") for line in lines if line.startswith(("Sparsity", "Dense")))  # bullets
+    assert "1 round × 30 epochs" in text and "round(s)" not in text and "nan" not in text.lower()
+    table = study_markdown()
+    assert "classic curve: 13 rounds × 5 epochs" in table and table.count("\n") == len(ARMS) + 1
+
+
+def test_a_quick_run_says_it_measures_nothing_and_draws_no_verdict():
+    records = [fake_record(arm, 0.1, sparsity=0.5, seed=s, quick=True) for arm in ("lottery", "random")
+               for s in range(3)]
+    text = "\n".join(findings(records))
+    assert text.startswith(QUICK_CAVEAT)
+    assert "seed range" not in text and "no verdict on a quick run" in text
+    assert "not a result" in reading(records[0], "unused")
+    ax = plots.plot_final(runs_table(records), x="sparsity", hue="arm", title="t")
+    assert "not meaningful" in ax.get_title() and ax.get_ylim() == (0, 1)
+    real = [fake_record("lottery", 0.8, sparsity=0.5)]
+    assert QUICK_CAVEAT not in findings(real) and "not meaningful" not in plots.plot_final(
+        runs_table(real), x="sparsity", hue="arm", title="t").get_title()
+
+
+def test_the_static_explorer_shows_figures_and_text_but_no_widget_repr(quick_study):
+    from nbconvert import HTMLExporter
+    _, results, out = quick_study
+    assert out.returncode == 0, out.stderr[-2000:]
+    nb = nbformat.read(results / "notebooks" / "07_explore.ipynb", as_version=4)
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    assert "needs a live kernel" in html and html.count("<img") >= 5
+    assert not any(r in html for r in ("VBox(children", "HBox(children", "Dropdown(", "Image(value"))
+    summary = nbformat.read(results / "notebooks" / "06_summary.ipynb", as_version=4)
+    shown = [o for c in summary.cells for o in c.get("outputs", []) if "text/markdown" in o.get("data", {})]
+    assert any("| run | final val acc |" in o["data"]["text/markdown"] for o in shown)
+
+
+PARAMETERS = dict(seed=0, batchnorm=True, dropout=0.0, data_dir=None, device=None, precision="auto", quick=False,
+                  results_dir=None, progress=True, force=False)
+
+
+@pytest.mark.parametrize("path", sorted((H.ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_the_source_notebooks_are_clean_and_keep_their_defaults(path):
+    nb = nbformat.read(path, as_version=4)
+    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+    assert not dirty, (f"{path.name}: cells {dirty} hold outputs; clear them before committing: "
+                       f"jupyter nbconvert --clear-output --inplace notebooks/{path.name}")
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    values = {t.id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body
+              for t in node.targets}
+    arm = next((name for name, a in ARMS.items() if a.notebook == path.stem), None)
+    if arm is None:  # the summary and the explorer read; their defaults find the study's own folder
+        assert {k: values[k] for k in ("results_dir", "quick", "data_dir")} == dict(results_dir=None, quick=False,
+                                                                                    data_dir=None), path.name
+        return
+    assert {k: values[k] for k in PARAMETERS} == PARAMETERS, path.name
+    run = {k: values[k] for k in ("sparsity", "rounds", "epochs") if k in values}
+    planned = [{k: getattr(RunSpec.of(arm, **params), k) for k in run} for params in ARMS[arm].plan]
+    assert run in planned, f"{path.name}: parameters {run} are none of the runs it makes: {planned}"
