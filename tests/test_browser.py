@@ -122,6 +122,7 @@ def test_the_explorer_redraws_whole_in_a_real_browser_after_a_view_change_and_a_
     common, results, out = quick_study
     assert out.returncode == 0, out.stderr[-2000:]
     shots = Path(os.environ["LTH_SCREENSHOTS"]) if os.environ.get("LTH_SCREENSHOTS") else tmp_path
+    results = Path(shutil.copytree(results, tmp_path / "results"))  # the train below adds a run: to a copy
     root = explorer_copy(tmp_path / "lab", results, Path(common[common.index("--data-dir") + 1]))
     lab, url = start_lab(root, {**os.environ, "LTH_ROOT": str(H.ROOT), "OMP_NUM_THREADS": "2"})
     try:

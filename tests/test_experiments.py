@@ -167,7 +167,8 @@ def test_more_seeds_give_the_summary_a_range(quick_study):
     assert [p.name for p in (results / "runs" / "lottery").glob("*_seed1.json")] == [
         "lottery_p0.5_R5_E1_magnitude_rewind_bn1_do0_seed1.json"]
     summary = nbformat.read(results / "notebooks" / "06_summary__quick=True.ipynb", as_version=4)
-    assert "(range " in "".join(o.get("text", "") for c in summary.cells if c.cell_type == "code" for o in c.outputs)
+    assert "(range " in "".join(o.get("data", {}).get("text/markdown", "") for c in summary.cells
+                                if c.cell_type == "code" for o in c.outputs)
 
 
 def test_findings_compute_gap_range_and_whether_it_exceeds_the_seed_range():

@@ -67,11 +67,11 @@ def test_the_static_explorer_shows_figures_and_text_but_no_widget_repr(quick_stu
     from nbconvert import HTMLExporter
     _, results, out = quick_study
     assert out.returncode == 0, out.stderr[-2000:]
-    nb = nbformat.read(results / "notebooks" / "07_explore.ipynb", as_version=4)
+    nb = nbformat.read(results / "notebooks" / "07_explore__quick=True.ipynb", as_version=4)
     html, _ = HTMLExporter().from_notebook_node(nb)
     assert "needs a live kernel" in html and html.count("<img") >= 5
     assert not any(r in html for r in ("VBox(children", "HBox(children", "Dropdown(", "Image(value"))
-    summary = nbformat.read(results / "notebooks" / "06_summary.ipynb", as_version=4)
+    summary = nbformat.read(results / "notebooks" / "06_summary__quick=True.ipynb", as_version=4)
     shown = [o for c in summary.cells for o in c.get("outputs", []) if "text/markdown" in o.get("data", {})]
     assert any("| run | final val acc |" in o["data"]["text/markdown"] for o in shown)
 

@@ -1,0 +1,58 @@
+"""Mutation testing of the core: which of mutmut's mutants the tests kill, the survivors that are equivalent (no
+input can tell them from the original, each with its reason), and the score among the others.
+
+    python scripts/mutation_score.py --run    # mutmut run on the core's functions: hours on 2 cores, resumable
+    python scripts/mutation_score.py          # the score, from mutmut's saved results
+
+The core is what the science rests on: pruning, the resets, the training loop, the lottery-ticket procedure, a
+run's identity and the seed-range verdict. mutmut's configuration (files, test selection) is in pyproject.toml."""
+import argparse
+import re
+import subprocess
+import sys
+from collections import Counter
+
+CORE = {
+    "helpers": ["prunable_weights", "dense_masks", "magnitude_scores", "random_scores", "prune", "keep_top",
+                "apply_masks", "sparsity_report", "snapshot", "rewind", "reinit", "init_weight", "round_sparsities",
+                "phase_seed", "prune_and_reset", "normalize", "augment", "train", "warmup_then_decay", "evaluate",
+                "annotate", "lottery_ticket"],
+    "lth.identity": ["non_default", "run_identity", "saved_identity", "record_identity", "phase0_identity",
+                     "identity_hash", "check_identity", "differences", "checkpoint_identity", "phase0_file_identity"],
+    "lth.report": ["verdict", "xǁFindingsǁverdict"],
+}
+EQUIVALENT: dict[str, str] = {  # mutant -> why no test can kill it
+}
+
+
+def patterns() -> list[str]:
+    return [f"{module}.{name if name.startswith('xǁ') else 'x_' + name}__mutmut_*"
+            for module, names in CORE.items() for name in names]
+
+
+def results() -> dict[str, str]:
+    out = subprocess.run(["mutmut", "results", "--all", "true"], capture_output=True, text=True, check=True).stdout
+    return dict(re.findall(r"^\s*([\w.ǁ]+__mutmut_\d+): ([\w ]+)$", out, flags=re.M))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", action="store_true", help="run mutmut on the core's mutants first")
+    if p.parse_args().run:
+        subprocess.run(["mutmut", "run", *patterns()], check=True)
+    core = re.compile("|".join(re.escape(x).replace(r"\*", ".*") for x in patterns()))
+    status = {k: v for k, v in results().items() if core.fullmatch(k)}
+    counts = Counter(status.values())
+    survivors = sorted(k for k, v in status.items() if v != "killed")
+    judged = [k for k in status if k not in EQUIVALENT and status[k] in ("killed", "survived", "timeout")]
+    killed = sum(status[k] in ("killed", "timeout") for k in judged)
+    print(f"core mutants: {len(status)} ({', '.join(f'{n} {s}' for s, n in counts.most_common())})")
+    print(f"equivalent survivors set apart: {sum(k in EQUIVALENT for k in status)}")
+    print(f"score: {killed} killed of {len(judged)} non-equivalent mutants run = {killed / max(1, len(judged)):.1%}")
+    for k in survivors:
+        print(f"  {status[k]:10s} {k}" + (f"  (equivalent: {EQUIVALENT[k]})" if k in EQUIVALENT else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The behaviours the science rests on, each pinned by a test that fails when it breaks (issue: mutation testing
+found them unpinned): the procedure's wiring through `run_experiment`, the re-init control's reset and scale, random
+masks that follow the run's seed, phase-0 identity, the verdict in both directions, evaluation and augmentation,
+the no-BatchNorm learning rate, resume and dropout."""
+import math
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+
+import helpers as H
+from conftest import FAST, fake_record
+from lth.identity import ResultMismatch
+from lth.report import findings, verdict
+from lth.runs import resolve_hparams, run_experiment
+from lth.spec import RunSpec
+from lth.store import load_masks, load_phase0, load_theta0, phase0_path
+
+
+def run(spec, data, results, hp=FAST):
+    return run_experiment(spec, data, "cpu", results, hp, progress=False)
+
+
+def starts_of_training(monkeypatch) -> list[dict]:
+    """The model's weights as each call of `train` begins: what a phase starts from."""
+    starts, train = [], H.train
+    monkeypatch.setattr(H, "train", lambda model, *a, **k: starts.append(H.snapshot(model)) or train(model, *a, **k))
+    return starts
+
+
+def test_round_one_prunes_by_the_trained_weights_and_rewinds_to_theta0(data, tmp_path, monkeypatch):
+    starts = starts_of_training(monkeypatch)
+    record = run(RunSpec.of("lottery", sparsity=0.5, rounds=1, epochs=1), data, tmp_path)
+    theta0, trained = load_theta0(tmp_path, RunSpec(**record["params"])), load_phase0(tmp_path, record)["state"]
+    masks = load_masks(tmp_path, record)[1]
+    for name, mask in masks.items():  # round 1 keeps the largest |w| of the phase-0-trained weights, per layer
+        w = trained[name].abs().flatten()
+        assert torch.equal(mask.flatten(), H.keep_top(w, w.numel() - round(0.5 * w.numel()), torch.ones_like(
+            w, dtype=torch.bool))), name
+    round1 = starts[1]  # ... and trains from θ0 with that mask: survivors, biases and BatchNorm all rewound
+    for name, v in theta0.items():
+        assert torch.equal(round1[name], v * masks[name] if name in masks else v), name
+
+
+def test_the_reinit_control_puts_biases_and_batchnorm_back_to_theta0_and_draws_at_kaimings_scale():
+    torch.manual_seed(0)
+    net = H.CNN(batchnorm=True)
+    theta0 = H.snapshot(net)
+    with torch.no_grad():  # everything moves, as training moves it
+        for v in net.state_dict().values():
+            v.add_(1) if v.is_floating_point() else v.add_(3)
+    masks = H.prune(net, H.dense_masks(net), 0.5)
+    H.reinit(net, theta0, masks, torch.Generator().manual_seed(1))
+    state = net.state_dict()
+    for name, v in theta0.items():
+        if name not in masks:
+            assert torch.equal(state[name], v), name  # BatchNorm weights, biases, running statistics, counter
+            continue
+        alive = state[name][masks[name]]
+        bound = math.sqrt(2) * math.sqrt(3 / state[name][0].numel())  # kaiming_uniform_, ReLU gain
+        assert alive.abs().max() <= bound + 1e-6, name
+        if alive.numel() > 1000:  # a uniform draw on [-bound, bound]: its spread says its gain
+            assert alive.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05), name
+            assert alive.abs().max() > 0.95 * bound, name
+
+
+def test_random_masks_follow_the_runs_seed(data):
+    def masks(seed):
+        return H.lottery_ticket(data, 0.5, 1, 1, strategy="random", seed=seed, hp=FAST, device="cpu",
+                                progress=False)[1]
+    a, again, b = masks(0), masks(0), masks(1)
+    assert all(torch.equal(a[k], again[k]) for k in a)  # reproducible ...
+    shared = sum(int((a[k] & b[k]).sum()) for k in a) / sum(int(a[k].sum()) for k in a)
+    assert shared < 0.6  # ... and each seed draws its own (chance: 0.5); every seed the same mask would give 1.0
+
+
+def test_a_phase0_of_other_settings_at_the_asked_path_is_refused(data, tmp_path):
+    spec, hp = RunSpec.of("lottery", sparsity=0.5, rounds=1, epochs=1), resolve_hparams(FAST, torch.device("cpu"))
+    run(spec, data, tmp_path)
+    for other_spec, other_hp in ((replace(spec, epochs=2), hp), (spec, replace(hp, lr=0.1))):
+        asked = phase0_path(tmp_path, other_spec, other_hp, data.source)
+        shutil.copy(phase0_path(tmp_path, spec, hp, data.source), asked)  # e.g. renamed by hand
+        with pytest.raises(ResultMismatch, match=asked.name):
+            run(replace(other_spec, sparsity=0.4), data, tmp_path, other_hp)
+        asked.unlink()
+
+
+@pytest.mark.parametrize("a, b, beyond", [
+    ([0.70, 0.72], [0.80, 0.82], True),           # a below b
+    ([0.80, 0.82], [0.70, 0.72], True),           # a above b
+    ([0.801, 0.802], [0.799, 0.800], True),       # a tenth of a point apart, yet the ranges do not meet
+    ([0.70, 0.71, 0.95], [0.80, 0.81], False),    # the means differ by more, yet the ranges overlap
+    ([0.70, 0.80], [0.80, 0.90], False),          # touching ranges overlap
+])
+def test_the_verdict_compares_ranges_in_both_directions(a, b, beyond):
+    assert verdict(a, b).startswith("beyond" if beyond else "within")
+
+
+def test_reinit_below_the_ticket_beyond_the_seed_range_is_said_so():
+    records = [fake_record("lottery", a, sparsity=0.5, seed=s) for s, a in enumerate((0.80, 0.81, 0.82))]
+    records += [fake_record("reinit", a, sparsity=0.5, seed=s) for s, a in enumerate((0.74, 0.75, 0.76))]
+    text = "\n".join(findings(records))
+    assert "-6.00 points against the rewound ticket (beyond the seed range" in text
+
+
+def test_evaluation_uses_running_statistics_and_the_test_images_as_they_are(data):
+    torch.manual_seed(0)
+    net = H.CNN(batchnorm=True)
+    H.train(net, data, 1, hp=FAST, progress=False)
+    before = H.snapshot(net)
+    acc = H.evaluate(net, data, FAST)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the test set moved nothing
+    net.eval()
+    with torch.no_grad():
+        expected = (net(H.normalize(data.x_test)).argmax(1) == data.y_test).float().mean().item()
+    assert acc == pytest.approx(expected, abs=1e-9)  # no crop, no flip, eval-mode BatchNorm
+
+
+def test_training_sees_augmented_images(data, monkeypatch):
+    seen = []
+    torch.manual_seed(0)
+    net = H.CNN(batchnorm=True)
+    net.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()) if m.training else None)
+    H.train(net, data, 1, hp=FAST, progress=False)
+    originals = {H.normalize(data.x_train[i:i + 1]).flatten().numpy().tobytes() for i in range(len(data.x_train))}
+    batch = torch.cat(seen)
+    unchanged = sum(x.contiguous().flatten().numpy().tobytes() in originals for x in batch)
+    assert unchanged < 0.2 * len(batch)  # nearly every image is cropped or flipped (1 in 162 is left as it was)
+
+
+def test_a_network_without_batchnorm_trains_at_its_own_learning_rate(data, monkeypatch):
+    peaks, sgd = [], torch.optim.SGD
+    monkeypatch.setattr(torch.optim, "SGD", lambda params, lr, **k: peaks.append(lr) or sgd(params, lr, **k))
+    hp = replace(FAST, lr=0.2, lr_no_batchnorm=0.03)
+    for batchnorm in (True, False):
+        torch.manual_seed(0)
+        H.train(H.CNN(batchnorm=batchnorm), data, 1, hp=hp, progress=False)
+    assert peaks == [0.2, 0.03]
+
+
+def test_a_resume_starts_from_the_saved_state(data):
+    saved = {}
+    history, _ = H.lottery_ticket(data, 0.5, 2, 1, seed=0, hp=FAST, device="cpu", progress=False,
+                                  on_round=lambda r, model, masks, h: saved.setdefault(r, (H.snapshot(model),
+                                                                                          dict(masks), list(h))))
+
+    def resumed_from(state):
+        _, masks, round1 = saved[1]
+        return H.lottery_ticket(data, 0.5, 2, 1, seed=0, hp=FAST, device="cpu", progress=False,
+                                resume={"state": state, "masks": masks, "history": round1})[0]
+    losses = lambda h: [e["train_loss"] for e in h if e["round"] == 2]
+    torch.manual_seed(5)
+    assert losses(resumed_from(saved[1][0])) == losses(history)  # the saved state: the run goes on as it was
+    assert losses(resumed_from(H.snapshot(H.CNN(batchnorm=True)))) != losses(history)  # another state: it shows
+
+
+def test_dropout_is_seeded_by_the_phase_not_by_the_global_state(data):
+    def trained(global_seed):
+        torch.manual_seed(0)
+        net = H.CNN(batchnorm=True, dropout=0.5)
+        torch.manual_seed(global_seed)  # whatever the global state was, the phase's seed decides the dropout masks
+        H.train(net, data, 1, seed=7, hp=FAST, progress=False)
+        return H.snapshot(net)
+    a, b = trained(123), trained(456)
+    assert all(torch.equal(a[k], b[k]) for k in a)
