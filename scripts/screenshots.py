@@ -24,13 +24,15 @@ def summary_html(page, tmp: Path) -> None:
     html, _ = HTMLExporter().from_notebook_node(nb)
     (tmp / "06_summary.html").write_text(html)
     page.goto((tmp / "06_summary.html").as_uri())
-    page.get_by_text("Findings, computed from the runs above").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(OUT / "summary_study.png"))
+    page.get_by_text("Findings, computed from the runs above").first.evaluate("e => e.scrollIntoView()")
     page.screenshot(path=str(OUT / "summary_findings.png"))
 
 
 def explorer(page, url: str) -> None:
     page.goto(url)
     page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').wait_for(timeout=120_000)
+    page.wait_for_timeout(3000)  # the kernel idle before the page takes menu clicks
     menu(page, "Run", "Run All Cells")
     page.locator("img.widget-image").first.wait_for(timeout=300_000)
     page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').wait_for(timeout=300_000)
@@ -67,7 +69,12 @@ def main() -> None:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
                 page = browser.new_page(viewport={"width": 1400, "height": 1200})
                 summary_html(page, tmp)
-                explorer(page, url)
+                page = browser.new_page(viewport={"width": 1400, "height": 1200})
+                try:
+                    explorer(page, url)
+                except Exception:
+                    page.screenshot(path=str(tmp.parent / "explorer_failed.png"))
+                    raise
                 browser.close()
         finally:
             lab.terminate()
