@@ -7,6 +7,7 @@ input can tell them from the original, each with its reason), and the score amon
 The core is what the science rests on: pruning, the resets, the training loop, the lottery-ticket procedure, a
 run's identity and the seed-range verdict. mutmut's configuration (files, test selection) is in pyproject.toml."""
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -39,7 +40,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", action="store_true", help="run mutmut on the core's mutants first")
     if p.parse_args().run:
-        subprocess.run(["mutmut", "run", *patterns()], check=True)
+        # one thread a test process: mutmut forks a child per mutant, and a child forked while torch's OpenMP pool
+        # runs deadlocks at its first parallel op (every mutant that reached torch timed out with two threads)
+        env = {**os.environ, "LTH_TEST_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        subprocess.run(["mutmut", "run", *patterns()], check=True, env=env)
     core = re.compile("|".join(re.escape(x).replace(r"\*", ".*") for x in patterns()))
     status = {k: v for k, v in results().items() if core.fullmatch(k)}
     counts = Counter(status.values())

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ from lth.spec import RunSpec
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import helpers as H  # noqa: E402
 
-torch.set_num_threads(2)
+# Two threads, the machines' cores; mutation testing asks for one (LTH_TEST_THREADS=1): mutmut forks a process per
+# mutant, and a forked child of a process whose OpenMP pool is running deadlocks in its first parallel op.
+torch.set_num_threads(int(os.environ.get("LTH_TEST_THREADS", 2)))
 
 
 def fake_arrays(n_train: int = 256, n_test: int = 128, seed: int = 0) -> dict[str, np.ndarray]:
