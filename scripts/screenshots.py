@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from test_browser import CHROMIUM, changed, menu, picture, start_lab  # noqa: E402
+from test_browser import CHROMIUM, picture, run_all_cells, start_lab  # noqa: E402
 
 OUT = ROOT / "docs" / "screenshots"
 
@@ -30,13 +30,7 @@ def summary_html(page, tmp: Path) -> None:
 
 
 def explorer(page, url: str) -> None:
-    page.goto(url)
-    page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').wait_for(timeout=120_000)
-    page.wait_for_timeout(3000)  # the kernel idle before the page takes menu clicks
-    menu(page, "Run", "Run All Cells")
-    page.locator("img.widget-image").first.wait_for(timeout=300_000)
-    page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').wait_for(timeout=300_000)
-    before = changed(page, {"src": None}, 60)
+    before = run_all_cells(page, url, 300_000)
     page.locator("img.widget-image").first.scroll_into_view_if_needed()
     page.screenshot(path=str(OUT / "explorer_before_train.png"))
     page.locator(".widget-checkbox", has_text="quick").locator("input").first.check()  # 2,048 images, 1 epoch a phase

@@ -102,6 +102,20 @@ def changed(page, before: dict, timeout_s: float) -> dict:
     raise AssertionError(f"the explorer's figure did not change within {timeout_s} s")
 
 
+def run_all_cells(page, url: str, timeout_ms: int, prepare=lambda page: None) -> dict:
+    """Open the notebook at `url`, run every cell from the menu, and return the explorer's first figure; `prepare`
+    runs once the kernel is idle, before the run."""
+    idle = page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')
+    page.goto(url)
+    idle.wait_for(timeout=120_000)
+    prepare(page)
+    page.wait_for_timeout(3000)  # the kernel idle before the page takes menu clicks
+    menu(page, "Run", "Run All Cells")
+    page.locator("img.widget-image").first.wait_for(timeout=timeout_ms)
+    idle.wait_for(timeout=timeout_ms)
+    return changed(page, {"src": None}, 60)
+
+
 def log_console(page) -> list[dict]:
     """What JupyterLab's log console holds for this notebook at every level: each kernel output, its level and its
     type; the console's own notes ("Log level set to debug") left out."""
@@ -129,13 +143,7 @@ def test_the_explorer_redraws_whole_in_a_real_browser_after_a_view_change_and_a_
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            page.goto(url)
-            page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').wait_for(timeout=120_000)
-            log_console(page)
-            menu(page, "Run", "Run All Cells")
-            page.locator("img.widget-image").first.wait_for(timeout=180_000)
-            page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').wait_for(timeout=180_000)
-            first = changed(page, {"src": None}, 30)
+            first = run_all_cells(page, url, 180_000, prepare=log_console)
             page.locator("img.widget-image").first.scroll_into_view_if_needed()
             page.screenshot(path=str(shots / "explorer_before_train.png"))
 
