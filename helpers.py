@@ -150,8 +150,7 @@ class CNN(nn.Module):
 
     def __init__(self, batchnorm: bool = True, dropout: float = 0.0, width: int = 32, num_classes: int = 10):
         super().__init__()
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout={dropout!r}: must be in [0, 1).")
+        check_fraction("dropout", dropout)
         w = width
         self.features = nn.Sequential(
             conv_block(3, w, batchnorm, pool=True),
@@ -209,7 +208,7 @@ def random_scores(weights: dict[str, torch.Tensor], generator: torch.Generator |
     return {name: torch.rand(w.shape, generator=generator, device=w.device) for name, w in weights.items()}
 
 
-STRATEGIES = ("magnitude", "random")
+STRATEGIES = ("magnitude", "random", "ticket")  # ticket: a finished lottery run's masks, round by round
 SCOPES = ("layer", "global")
 
 
@@ -220,7 +219,7 @@ def prune(model: nn.Module, masks: Masks, sparsity: float, strategy: str = "magn
     Only alive weights are removed: the ones with the lowest scores. Masks come from scores, never from
     `weight == 0`, so a weight that trains through zero stays alive.
     """
-    check_choice("strategy", strategy, STRATEGIES)
+    check_choice("strategy", strategy, STRATEGIES[:2])  # a ticket's masks are given, never computed here
     check_choice("scope", scope, SCOPES)
     check_fraction("sparsity", sparsity)
     weights = prunable_weights(model)
@@ -296,11 +295,14 @@ def phase_seed(seed: int, phase: int) -> int:
 
 
 def prune_and_reset(model: nn.Module, masks: Masks, theta0: dict[str, torch.Tensor], r: int, sparsity: float,
-                    rounds: int, strategy: str, reset: str, scope: str, seed: int, channels_last: bool) -> Masks:
-    """Round r's pruning to the schedule's sparsity, then the reset of the survivors; returns the new masks."""
+                    rounds: int, strategy: str, reset: str, scope: str, seed: int, channels_last: bool,
+                    ticket: dict[int, Masks] | None = None) -> Masks:
+    """Round r's pruning to the schedule's sparsity (or the ticket's round-r masks), then the reset of the
+    survivors to `theta0` (θ0, or the rewind point); returns the new masks."""
     dev = next(model.parameters()).device
     gen = torch.Generator(dev).manual_seed(phase_seed(seed, r))
-    masks = prune(model, masks, round_sparsities(sparsity, rounds)[r - 1], strategy, scope, gen)
+    masks = ({k: m.to(dev) for k, m in ticket[r].items()} if strategy == "ticket" else
+             prune(model, masks, round_sparsities(sparsity, rounds)[r - 1], strategy, scope, gen))
     # Re-init draws fill memory in order, so their layout is fixed by the round, never by how the model happens to
     # be laid out: round 1 follows phase 0 loaded into a fresh (contiguous) model, later rounds follow training
     # (channels_last). A resumed run, whose model is rebuilt contiguous, then draws what an uninterrupted one drew.
@@ -446,30 +448,41 @@ def annotate(epochs: list[dict], phase: str, round_: int, cum_start: int, masks:
 
 def lottery_ticket(data: Data, sparsity: float, rounds: int, epochs: int, strategy: str = "magnitude",
                    reset: str = "rewind", scope: str = "layer", batchnorm: bool = True, dropout: float = 0.0,
-                   seed: int = 0, hp: HParams = HParams(), device: str | torch.device | None = None,
+                   seed: int = 0, rewind_epoch: int = 0, hp: HParams = HParams(),
+                   device: str | torch.device | None = None, ticket: dict[int, Masks] | None = None,
                    phase0: tuple[dict, dict, list[dict]] | None = None, resume: dict | None = None,
                    on_phase0: Callable | None = None, on_round: Callable | None = None,
                    on_epoch: Callable[[dict], None] | None = None, progress: bool = True) -> tuple[list[dict], Masks]:
     """Phase 0 trains the dense network from θ0 for `epochs`; each of `rounds` rounds then prunes to the schedule's
-    sparsity (`strategy`: magnitude finds the ticket, random is the control), resets the survivors (`reset`: rewind
-    to θ0, or reinit with fresh draws) and trains `epochs` more. rounds=0 is the dense network alone.
+    sparsity (`strategy`: magnitude finds the ticket, random is the control, ticket takes a lottery run's masks
+    `ticket[r]`), resets the survivors (`reset`: rewind to θ0, or to phase 0 after `rewind_epoch` epochs; reinit:
+    fresh draws) and trains `epochs` more. rounds=0 is the dense network alone.
 
     No file is read or written here; a caller that saves checkpoints passes:
-      phase0 = (θ0, state, history) of a phase 0 trained before (it is not trained again);
+      phase0 = (reset point, state, history) of a phase 0 trained before (it is not trained again);
       resume = {"state", "masks", "history"} after the last finished round;
-      on_phase0(θ0, state, history) and on_round(r, model, masks, history) after each phase.
+      on_phase0(θ0, reset point, state, history) and on_round(r, model, masks, history) after each phase.
     Returns the history (one dict per epoch, every phase) and the final masks."""
     dev = default_device(device)
     data = data.to(dev)
+    if strategy == "ticket" and not set(range(1, rounds + 1)) <= set(ticket or {}):
+        raise ValueError(f"strategy='ticket' needs `ticket`: a finished lottery run's masks for rounds 1-{rounds}.")
     if phase0 is None:
         model = build_model(seed, batchnorm, dropout).to(dev)
-        theta0 = snapshot(model)
+        theta0 = reset_point = snapshot(model)
+
+        def keep_rewind_point(epoch: dict) -> None:
+            nonlocal reset_point
+            if epoch["epoch"] == rewind_epoch:
+                reset_point = snapshot(model)
+            if on_epoch:
+                on_epoch(epoch)
         epochs_run = train(model, data, epochs, None, phase_seed(seed, 0), dev, hp, desc="dense", progress=progress,
-                           on_epoch=on_epoch)
-        phase0 = theta0, snapshot(model), annotate(epochs_run, "dense", 0, 0, dense_masks(model))
+                           on_epoch=keep_rewind_point)
+        phase0 = reset_point, snapshot(model), annotate(epochs_run, "dense", 0, 0, dense_masks(model))
         if on_phase0:
-            on_phase0(*phase0)
-    theta0, state, history = phase0
+            on_phase0(theta0, *phase0)
+    reset_point, state, history = phase0
     model = build_model(seed, batchnorm, dropout).to(dev)  # phase 0 loaded into a fresh model, resumed or not
     model.load_state_dict(state)
     masks = dense_masks(model)
@@ -477,8 +490,8 @@ def lottery_ticket(data: Data, sparsity: float, rounds: int, epochs: int, strate
         model.load_state_dict(resume["state"])
         masks, history = {k: m.to(dev) for k, m in resume["masks"].items()}, resume["history"]
     for r in range(history[-1]["round"] + 1, rounds + 1):
-        masks = prune_and_reset(model, masks, theta0, r, sparsity, rounds, strategy, reset, scope, seed,
-                                hp.channels_last)
+        masks = prune_and_reset(model, masks, reset_point, r, sparsity, rounds, strategy, reset, scope, seed,
+                                hp.channels_last, ticket)
         epochs_run = train(model, data, epochs, masks, phase_seed(seed, r), dev, hp, desc=f"round {r}/{rounds}",
                            progress=progress, on_epoch=on_epoch)
         history = history + annotate(epochs_run, "pruned", r, history[-1]["cum_epoch"], masks)

@@ -124,8 +124,8 @@ class Study:
     def epochs_left(self, todo: list[RunSpec]) -> int:
         """Epochs still to train for the runs that will train (to do or partial), counting each shared phase 0 once."""
         todo = [s for s in todo if self.status(s) in ("to do", "partial")]
-        phase0 = {s.phase0_name: s.epochs for s in todo
-                  if not store.phase0_path(self.results, s, self.hp, self.data.source).exists()}
+        phase0 = {s.phase0_name: s.epochs for s in todo if not store.phase0_ready(self.results, s, self.hp,
+                                                                                  self.data.source)}
         return sum(phase0.values()) + sum((s.rounds - self.rounds_done(s)) * s.epochs for s in todo)
 
     def rounds_done(self, spec: RunSpec) -> int:

@@ -49,19 +49,26 @@ def schedule(ray, args, pending: list[Job], study: Study, failed: list[str], tqd
     run_jobs = [j for j in pending if j.spec]
     groups = {}  # phase 0 not on disk yet -> the run_jobs that wait for it
     for job in run_jobs:
-        if job.spec.rounds and not store.phase0_path(study.results, job.spec, study.hp, study.data.source).exists():
+        if job.spec.rounds and not store.phase0_ready(study.results, job.spec, study.hp, study.data.source):
             groups.setdefault(job.spec.phase0_name, []).append(job)
     ready = [j for j in run_jobs if not any(j in g for g in groups.values())]
-    queue = [phase0_task.remote(g[0].spec, study.hp, args.quick, str(args.device), env) for g in groups.values()]
+    queue = [phase0_task.remote(g[0].spec, study.hp, args.quick, str(args.device), env, files(study, g[0].spec))
+             for g in groups.values()]
     waiting = dict(zip(queue, groups))
     in_flight, finished = {}, 0
     bar = tqdm(total=study.epochs_left([j.spec for j in run_jobs]), unit="epoch", desc="study", smoothing=0)
     print(f"Ray: {len(run_jobs)} run_jobs, {len(groups)} shared phase 0 first; up to {args.workers} at once; "
           f"precision {study.hp.precision}", flush=True)
     while ready or in_flight or waiting:
-        while ready and len(in_flight) + len(waiting) < args.workers:
-            job = ready.pop(0)
-            inputs = {str(p.relative_to(study.results)): p.read_bytes() for p in inputs_of(study, job.spec)}
+        unfinished = {j.spec.name for j in [*ready, *(j for j, _ in in_flight.values()), *sum(groups.values(), [])]}
+        while len(in_flight) + len(waiting) < args.workers:
+            # a ticket-mask run starts once the lottery run whose masks it trains has finished
+            job = next((j for j in ready if j.spec.strategy != "ticket" or j.spec.ticket_source.name not in
+                        unfinished), None)
+            if job is None:
+                break
+            ready.remove(job)
+            inputs = files(study, job.spec, inputs_of(study, job.spec))
             ref = run_task.remote(job, parameters(study, job, args.device, args.force), inputs, here,
                                   str(study.results.resolve()),
                                   relative(output_path(study.results, job)), env)
@@ -100,26 +107,42 @@ def schedule(ray, args, pending: list[Job], study: Study, failed: list[str], tqd
     return finished
 
 
+def phase0_files(results: Path, spec: RunSpec, hp: H.HParams, source: dict) -> list[Path]:
+    return [store.phase0_path(results, spec, hp, source), store.rewind_point_path(results, spec, hp, source),
+            store.theta0_path(results, spec)]
+
+
+def files(study: Study, spec: RunSpec, paths: list[Path] | None = None) -> dict[str, bytes]:
+    """The bytes of the files of results/ a task needs (by default its phase 0 and θ0), by relative path."""
+    paths = phase0_files(study.results, spec, study.hp, study.data.source) if paths is None else paths
+    return {str(p.relative_to(study.results)): p.read_bytes() for p in paths if p.exists()}
+
+
 def inputs_of(study: Study, spec: RunSpec) -> list[Path]:
-    """What a run on another machine needs from results/: its phase 0, its checkpoint if interrupted, the records
-    its notebook's figures read."""
-    paths = [store.phase0_path(study.results, spec, study.hp, study.data.source),
-             store.theta0_path(study.results, spec),
-             store.checkpoint_path(study.results, spec), study.results / store.MANIFEST]
+    """What a run on another machine needs from results/: its phase 0 and rewind point, its checkpoint if
+    interrupted, the masks it trains (a ticket-mask run), the records its notebook's figures read."""
+    paths = [*phase0_files(study.results, spec, study.hp, study.data.source),
+             store.checkpoint_path(study.results, spec), study.results / store.MANIFEST,
+             store.masks_path(study.results, spec.ticket_source)]
     return [p for p in paths if p.exists()] + sorted(study.results.glob("runs/*/*.json"))
 
 
-def remote_phase0(spec: RunSpec, hp: H.HParams, quick: bool, device: str, env: dict) -> dict[str, bytes]:
-    """A Ray task: the dense phase 0 that a group of runs shares, trained once; returns its files' bytes."""
+def remote_phase0(spec: RunSpec, hp: H.HParams, quick: bool, device: str, env: dict,
+                  inputs: dict[str, bytes]) -> dict[str, bytes]:
+    """A Ray task: the dense phase 0 that a group of runs shares, trained once (or replayed from `inputs` for a
+    rewind point); returns the bytes of the files it wrote."""
     os.environ.update(env)
     torch.set_num_threads(int(env.get("OMP_NUM_THREADS", torch.get_num_threads())))
     scratch = Path(tempfile.mkdtemp(prefix="lth-phase0-"))
+    for rel, data in inputs.items():
+        (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+        (scratch / rel).write_bytes(data)
     dev = precision.resolve_device(device)
     data = load_data(None, quick)
     with precision.kernels(dev, hp.precision):
         runs.dense_phase(spec, data.to(dev), dev, scratch, hp, False, lambda *a: None)
-    paths = [store.phase0_path(scratch, spec, hp, data.source), store.theta0_path(scratch, spec)]
-    return {str(p.relative_to(scratch)): p.read_bytes() for p in paths}
+    wrote = [p for p in phase0_files(scratch, spec, hp, data.source) if p.exists()]
+    return {rel: p.read_bytes() for p in wrote if (rel := str(p.relative_to(scratch))) not in inputs}
 
 
 def remote_execute(job: Job, params: dict, inputs: dict[str, bytes], driver_node: str, results: str,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lth.spec import ARMS, figure_names, is_classic
+from lth.spec import ARMS, figure_names, is_classic, plural
 
 
 def style() -> None:
@@ -137,10 +137,13 @@ def plot_classic(curve, ax=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 5))
     pruned = curve[curve["round"] > 0]
-    n = pruned.groupby("experiment").seed.nunique()
-    pruned = pruned.assign(arm=[f"{ARMS[e].label} ({n[e]} {'seeds' if n[e] > 1 else 'seed'})"
-                                for e in pruned.experiment])
-    sns.lineplot(data=pruned, x="remaining (%)", y="val_acc", hue="arm", marker="o", errorbar=seed_range, ax=ax)
+    n = pruned.groupby("arm").seed.nunique()
+    pruned = pruned.assign(arm=[f"{a} ({plural(n[a], 'seed')})" for a in pruned.arm])
+    # the two re-init controls dashed, the rewound tickets solid: five arms told apart without colour alone
+    dashes = {a: (4, 1.5) if "init" in a else (1.5, 1.5) if a.startswith(ARMS["random"].label) else ""
+              for a in pruned.arm.unique()}
+    sns.lineplot(data=pruned, x="remaining (%)", y="val_acc", hue="arm", style="arm", dashes=dashes, marker="o",
+                 errorbar=seed_range, ax=ax)
     dense = curve[curve["round"] == 0].groupby("seed").val_acc.first().mean()  # one shared phase 0 a seed
     ax.axhline(dense, color="black", ls=":", lw=1.2, label=f"dense phase 0 ({dense:.2%})")
     ax.set_xscale("log")

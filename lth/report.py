@@ -2,16 +2,13 @@
 results section and each run's reading; every number is computed from the records when a notebook runs."""
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-import helpers as H
 from lth import store
-from lth.data import data_identity
 from lth.identity import DamagedFile, ResultMismatch
-from lth.spec import ARMS, CLASSIC, RunSpec, exact, is_classic, model_label, plural, pruned_arms
+from lth.spec import ARMS, CLASSIC, RunSpec, is_classic, model_label, plural, pruned_arms
 
 UNREADABLE = (FileNotFoundError, DamagedFile, ResultMismatch)  # a saved file that is skipped, and named
 
@@ -59,9 +56,15 @@ def labels(record: dict) -> dict:
     p = record["params"]
     schedule = f"{p['rounds']} × {p['epochs']}" if p["rounds"] else f"dense, {p['epochs']} epochs"
     schedule = f"classic curve, {schedule}" if is_classic(p) else schedule
-    series = f"{ARMS[record['experiment']].label}, {'classic curve' if is_classic(p) else schedule}"
-    return {"arm": ARMS[record["experiment"]].label, "model": model_label(p), "schedule": schedule, "series": series,
-            "quick": is_quick([record])}
+    arm = arm_label(record)
+    series = f"{arm}, {'classic curve' if is_classic(p) else schedule}"
+    return {"arm": arm, "model": model_label(p), "schedule": schedule, "series": series, "quick": is_quick([record])}
+
+
+def arm_label(record: dict) -> str:
+    """The arm's label, with the epoch its survivors are rewound to when it is not θ0."""
+    epoch = record["params"].get("rewind_epoch", 0)
+    return ARMS[record["experiment"]].label + (f" to epoch {epoch}" if epoch else "")
 
 
 def seed_table(table, index: str, columns: str = "arm"):
@@ -101,8 +104,11 @@ def findings(records: list[dict], batchnorm: bool = True, dropout: float = 0.0, 
     ask = Findings(records, dict(batchnorm=batchnorm, dropout=dropout), rounds, epochs)
     out = [QUICK_CAVEAT] if ask.quick else []
     for name, arm in ARMS.items():
-        out += getattr(ask, arm.findings)(name)
-    return out + classic_findings(records, ask.model)
+        out += getattr(ask, arm.findings)(name) if arm.findings != "levels" else []
+    out += classic_findings(records, ask.model)
+    for name, arm in ARMS.items():  # level by level on the classic curve, once the curve itself is stated
+        out += ask.levels(name) if arm.findings == "levels" else []
+    return out
 
 
 class Findings:
@@ -180,6 +186,37 @@ class Findings:
                        f"last phase ({epochs} epochs, the same seeds: {spread(dense)}; {self.verdict(accs, dense)}).")
         return out
 
+    def levels(self, name: str) -> list[str]:
+        """A classic-curve arm against each arm its entry names, at each level (the end of each round), and where
+        each first falls more than 2 points below the dense phase 0 of its seed."""
+        curve = classic_curve(self.records, self.model)
+        out = []
+        for other in ARMS[name].against:
+            a, b = (curve[(curve.experiment == e) & (curve["round"] > 0)] for e in (name, other))
+            if a.empty or b.empty:
+                continue
+            pairs = [(k, list(rows.val_acc), list(b[b["round"] == k].val_acc), rows["remaining (%)"].mean())
+                     for k, rows in a.groupby("round") if (b["round"] == k).any()]
+            said = {k: self.verdict(x, y) for k, x, y, _ in pairs}
+            beyond = [f"{left:.1f}% left ({points(np.mean(x) - np.mean(y))})" for k, x, y, left in pairs
+                      if said[k].startswith("beyond")]
+            line = (f"{ARMS[name].label.capitalize()} against {ARMS[other].label} on the classic curve, level by "
+                    f"level ({plural(a.seed.nunique(), 'seed')} against {b.seed.nunique()}): ")
+            if not any(v.startswith(("beyond", "within")) for v in said.values()):  # quick, or one seed
+                line += (f"{points(np.mean([np.mean(x) - np.mean(y) for _, x, y, _ in pairs]))} on average; "
+                         f"{next(iter(said.values()))}")
+            else:
+                line += (f"beyond the seed range at {len(beyond)} of {len(pairs)} levels"
+                         + (f": {', '.join(beyond)}" if beyond else "") + "; within it at the others")
+            drops = [first_drops(curve, e) for e in (name, other)]
+            if all(drops):
+                line += (f". First more than 2 points below the dense phase 0, seed by seed: "
+                         f"{' / '.join(f'{x:.1f}%' for x in drops[0])} against "
+                         f"{' / '.join(f'{x:.1f}%' for x in drops[1])} of the weights left "
+                         f"({self.verdict(drops[0], drops[1])})")
+            out.append(line + ".")
+        return out
+
     def compare(self, name: str) -> list[str]:
         """Any other arm: at each sparsity of the schedule, against each arm its entry names, with the verdict."""
         out = []
@@ -221,9 +258,20 @@ def classic_curve(records: list[dict], model: dict | None = None):
         ends = {}
         for e in r["history"]:
             ends[e["round"]] = e  # the last epoch of each round
-        rows += [{"experiment": r["experiment"], "seed": p["seed"], "round": k,
+        rows += [{"experiment": r["experiment"], "arm": arm_label(r), "seed": p["seed"], "round": k,
                   "remaining (%)": 100 * (1 - e["sparsity"]), "val_acc": e["val_acc"]} for k, e in ends.items()]
-    return pd.DataFrame(rows, columns=["experiment", "seed", "round", "remaining (%)", "val_acc"])
+    return pd.DataFrame(rows, columns=["experiment", "arm", "seed", "round", "remaining (%)", "val_acc"])
+
+
+def first_drops(curve, experiment: str) -> list[float]:
+    """Per seed, the % of weights left where an arm first falls more than 2 points below its seed's dense phase 0
+    (the last level when it never does); empty when the arm is not on the curve."""
+    phase0 = curve[curve["round"] == 0].groupby("seed").val_acc.first()
+    out = []
+    for seed, rows in curve[(curve.experiment == experiment) & (curve["round"] > 0)].groupby("seed"):
+        below = rows[rows.val_acc < phase0[seed] - 0.02]
+        out.append((below if len(below) else rows.tail(1))["remaining (%)"].iloc[0])
+    return out
 
 
 def classic_findings(records: list[dict], model: dict) -> list[str]:
@@ -252,51 +300,6 @@ def classic_findings(records: list[dict], model: dict) -> list[str]:
                 f"{b['remaining (%)'].iloc[0]:.1f}%" if len(b) else "never" for b in each) + "."
         out.append(line)
     return out
-
-
-def results_markdown(records: list[dict], **model) -> str:
-    """The README's results: one row per run (seeds pooled: mean, range, how many), then the findings."""
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        p = r["params"]
-        label = ARMS[r["experiment"]].label
-        arm = f"{label}, classic curve (20% a round)" if is_classic(p) else f"{label} p={exact(p['sparsity'])}"
-        label = (f"dense baseline, {model_label(p)}, {p['epochs']} epochs" if not p["rounds"] else
-                 f"{arm} R={p['rounds']} E={p['epochs']}" +
-                 ("" if p["batchnorm"] and not p["dropout"] else f", {model_label(p)}"))
-        groups.setdefault(label, []).append(r)
-    lines = ["| run | final val acc | seeds | its phase 0 (dense, E epochs) | final sparsity |",
-             "| --- | --- | --- | --- | --- |"]
-    for label, rs in groups.items():
-        accs = [r["final_val_acc"] for r in rs]
-        rng = f" ({min(accs):.2%}-{max(accs):.2%})" if len(rs) > 1 else ""
-        p0 = "-" if not rs[0]["params"]["rounds"] else f"{np.mean([phase0_acc(r) for r in rs]):.2%}"
-        lines.append(f"| {label} | {np.mean(accs):.2%}{rng} | {len(rs)} | {p0} | {rs[0]['final_sparsity']:.4f} |")
-    phase0 = {RunSpec(**r["params"]).phase0_name: sum(e["seconds"] for e in r["history"] if e["round"] == 0)
-              for r in records}
-    pruned = sum(e["seconds"] for r in records for e in r["history"] if e["round"] > 0)
-    devices = Counter(r["device"] for r in records)
-    compute = (f"Compute: {(sum(phase0.values()) + pruned) / 3600:.2f} hours of training in these records (each "
-               f"shared phase 0 once), on {'; '.join(f'{d} ({n} runs)' for d, n in sorted(devices.items()))}.")
-    return "\n".join(lines + ["", *[f"- {line}" for line in findings(records, **model)], "", compute])
-
-
-def write_readme_results(text: str, results_dir: Path | str, records: list[dict],
-                         readme: Path = H.ROOT / "README.md") -> str:
-    """Replace the README's results between its two markers with `text`, computed from `records`: only from the
-    published study, and only when every run in it was made on the folder's data. Says what it did."""
-    if not store.is_published(results_dir):
-        return f"The README's results are written from {store.PUBLISHED_RESULTS.name}/ only; {results_dir} is not it."
-    saved = store.folder_data(results_dir)
-    other = [r["name"] for r in records if saved is None or data_identity(r["data"]) != saved["data"]]
-    if other:
-        return (f"The README's results were not rewritten: {len(other)} runs ({', '.join(other[:3])}) were not made on "
-                f"the data named in {Path(results_dir) / store.MANIFEST}.")
-    start, end = "<!-- results: written by notebooks/06_summary.ipynb from the records -->", "<!-- end of results -->"
-    before, rest = readme.read_text().split(start)
-    write_text = before + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
-    store.atomic_write(readme, lambda f: f.write_text(write_text))
-    return f"The README's results were rewritten from these {len(records)} runs."
 
 
 def reading(record: dict, results_dir: Path | str) -> str:

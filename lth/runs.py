@@ -13,6 +13,7 @@ import helpers as H
 from lth import precision, store
 from lth.data import describe_data, load_data
 from lth.identity import (
+    ResultMismatch,
     check_identity,
     checkpoint_identity,
     phase0_file_identity,
@@ -61,7 +62,7 @@ def run_experiment(spec: RunSpec, data: H.Data, device: str | torch.device | Non
         if saved is not None:
             check_identity(ckpt, checkpoint_identity(saved, ckpt), asked)
         done = saved["history"][-1]["round"] if saved else 0
-        left = spec.epochs * (spec.rounds - done + (not store.phase0_path(results_dir, spec, hp, data.source).exists()))
+        left = spec.epochs * (spec.rounds - done + (not store.phase0_ready(results_dir, spec, hp, data.source)))
         device_name = precision.describe_device(dev, hp.precision)
         say(f"{spec.name}: {left} epochs to train on {device_name}, precision {hp.precision}")
         eta = first_epoch_eta(left, say)
@@ -77,12 +78,14 @@ def run_experiment(spec: RunSpec, data: H.Data, device: str | torch.device | Non
             say(f"{spec.name}: round {r}/{spec.rounds} at sparsity {history[-1]['sparsity']:.3f}: "
                 f"val_acc {history[-1]['val_acc']:.4f}")
 
+        ticket = ticket_masks(results_dir, spec, hp, data.source) if spec.strategy == "ticket" else None
         with precision.kernels(dev, hp.precision):
             phase0 = dense_phase(spec, data.to(dev), dev, results_dir, hp, progress, say, eta, device_name)
             if saved is not None:
                 say(f"{spec.name}: resumed after round {done}")
-            history, masks = H.lottery_ticket(data, **spec.procedure, hp=hp, device=dev, phase0=phase0,
-                                              resume=saved, on_round=on_round, on_epoch=eta, progress=progress)
+            history, masks = H.lottery_ticket(data, **spec.procedure, hp=hp, device=dev, ticket=ticket,
+                                              phase0=phase0, resume=saved, on_round=on_round, on_epoch=eta,
+                                              progress=progress)
         devices = dict.fromkeys(e["device"] for e in history if "device" in e)  # every machine that computed it
         record = {"experiment": spec.experiment, "name": spec.name, "params": asdict(spec), "hparams": asdict(hp),
                   "history": history, "final_val_acc": history[-1]["val_acc"],
@@ -101,32 +104,77 @@ def finish_run(results_dir: Path, spec: RunSpec, round_masks: dict, identity: di
     store.checkpoint_path(results_dir, spec).unlink(missing_ok=True)
 
 
+def ticket_masks(results_dir: Path, spec: RunSpec, hp: H.HParams, source: dict) -> dict[int, H.Masks]:
+    """The masks, round by round, of the finished lottery run that a strategy='ticket' run trains afresh."""
+    lottery = spec.ticket_source
+    path = store.record_path(results_dir, lottery)
+    if not path.exists():
+        raise FileNotFoundError(f"{spec.name} trains the masks of the lottery run {lottery.name}, which is not "
+                                f"finished in {results_dir}: run it first (notebook 02 with sparsity="
+                                f"{lottery.sparsity}, rounds={lottery.rounds}, epochs={lottery.epochs}, seed="
+                                f"{lottery.seed}; run_all.py runs 02 before 08).")
+    record = store.read_record(path)
+    check_identity(path, record_identity(record), run_identity(lottery, hp, source))
+    return store.load_masks(results_dir, record)
+
+
 def dense_phase(spec: RunSpec, data: H.Data, dev: torch.device, results_dir: Path, hp: H.HParams, progress: bool,
                 say: Callable, on_epoch: Callable | None = None,
                 device_name: str = "") -> tuple[dict, dict, list[dict]]:
-    """θ0, the weights after phase 0 and its history: loaded when another arm already trained it. A phase 0 is
-    named by its identity, so a run with other settings trains one of its own and never replaces a shared one."""
+    """The reset point (θ0, or the weights after `spec.rewind_epoch` epochs), the weights after phase 0 and its
+    history: loaded when another arm already trained it. A phase 0 is named by its identity, so a run with other
+    settings trains one of its own and never replaces a shared one. A rewind point not saved yet is taken by
+    replaying the saved phase 0, which must end on its saved weights exactly."""
     path = store.phase0_path(results_dir, spec, hp, data.source)
+    point = store.rewind_point_path(results_dir, spec, hp, data.source)
     asked = phase0_identity(spec, hp, data.source)
     with store.holding(store.run_lock(results_dir, f"phase0-{path.stem}"), say, f"phase 0 {path.stem}"):
         saved = store.read_pt(path, say, "phase 0 is trained again") if path.exists() else None
         if saved is not None:
             check_identity(path, phase0_file_identity(saved, path), asked)
+        rewind_point = None
+        if saved is not None and spec.rewind_epoch:
+            rewind_point = store.read_pt(point, say, "it is taken again") if point.exists() else None
+            if rewind_point is not None:
+                check_identity(point, phase0_file_identity(rewind_point, point), asked)
+        if saved is not None and (not spec.rewind_epoch or rewind_point is not None):
             say(f"{spec.name}: phase 0 loaded from {path.name}")
-            return store.load_theta0(results_dir, spec), saved["state"], saved["history"]
+            reset_point = rewind_point["state"] if rewind_point else store.load_theta0(results_dir, spec)
+            return reset_point, saved["state"], saved["history"]
+        if saved is not None:
+            say(f"{spec.name}: replaying phase 0 ({spec.epochs} epochs) to keep its weights after epoch "
+                f"{spec.rewind_epoch}")
         trained = []
 
-        def keep(theta0: dict, state: dict, history: list[dict]) -> None:
+        def keep(theta0: dict, reset_point: dict, state: dict, history: list[dict]) -> None:
+            if saved is not None:
+                check_replay(path, saved["state"], state)
+                history = saved["history"]
             for e in history:
-                e["device"] = device_name or precision.describe_device(dev, hp.precision)
+                e.setdefault("device", device_name or precision.describe_device(dev, hp.precision))
             if not store.theta0_path(results_dir, spec).exists():
                 store.save_atomic(store.to_cpu(theta0), store.theta0_path(results_dir, spec))
-            store.save_atomic({"identity": asked, "state": store.to_cpu(state), "history": history}, path)
-            trained.append((theta0, state, history))
+            if spec.rewind_epoch:
+                store.save_atomic({"identity": asked, "epoch": spec.rewind_epoch,
+                                   "state": store.to_cpu(reset_point)}, point)
+            if saved is None:
+                store.save_atomic({"identity": asked, "state": store.to_cpu(state), "history": history}, path)
+            trained.append((reset_point, state, history))
         H.lottery_ticket(data, **{**spec.procedure, "rounds": 0}, hp=hp, device=dev, on_phase0=keep,
                          on_epoch=on_epoch, progress=progress)
     say(f"{spec.name}: phase 0 ({spec.epochs} epochs dense): val_acc {trained[0][2][-1]['val_acc']:.4f}")
     return trained[0]
+
+
+def check_replay(path: Path, saved: dict, replayed: dict) -> None:
+    """A replayed phase 0 must end where the saved one did, or its rewind point would lie on another path."""
+    differ = [k for k in saved if not torch.equal(saved[k], replayed[k].to(saved[k].device))]
+    if differ:
+        worst = max((saved[k].float() - replayed[k].float().cpu()).abs().max().item() for k in differ)
+        raise ResultMismatch(f"replaying {path} here did not end on its saved weights ({len(differ)} tensors differ, "
+                             f"by up to {worst:.3g}: another device, thread count or library version), so the weights "
+                             "at its rewind point cannot be taken from it. Run the late-rewinding arm in a results "
+                             "folder of its own (results_dir), where its phase 0 is trained with the rewind point.")
 
 
 def first_epoch_eta(epochs: int, say: Callable) -> Callable[[dict], None]:

@@ -53,6 +53,11 @@ ARMS: dict[str, Arm] = {  # in the order the findings state them
     "reinit": Arm("05_random_reinit", "re-init each round", dict(strategy="magnitude", reset="reinit",
                                                                        sparsity=0.5),
                   (dict(), CLASSIC), "reinit_curves", findings="reinit", against=("lottery", "random")),
+    "fixed_mask": Arm("08_fixed_mask_reinit", "ticket mask, fresh init", dict(strategy="ticket", reset="reinit"),
+                      (CLASSIC,), "fixed_mask_curves", findings="levels", against=("lottery", "random")),
+    "late_rewind": Arm("09_late_rewinding", "late rewinding", dict(strategy="magnitude", reset="rewind",
+                                                                   rewind_epoch=1),
+                       (CLASSIC,), "late_rewind_curves", findings="levels", against=("lottery",)),
     "rounds_vs_epochs": Arm("04_rounds_vs_epochs", "rounds against epochs", dict(strategy="magnitude",
                                                                                  reset="rewind", sparsity=0.5),
                             tuple(dict(rounds=r, epochs=e) for r, e in ((1, 30), (2, 15), (3, 10), (4, 7), (5, 6))),
@@ -88,10 +93,12 @@ class RunSpec:
     batchnorm: bool = True
     dropout: float = 0.0
     seed: int = 0
+    rewind_epoch: int = 0  # late rewinding: survivors go back to the weights after this many epochs of phase 0
 
     @classmethod
     def of(cls, experiment: str, quick: bool = False, **params) -> "RunSpec":
-        """The arm's defaults overridden by `params`; `quick` cuts every phase to one epoch."""
+        """The arm's defaults overridden by `params`; `quick` cuts every phase to one epoch (one past the rewind
+        point when rewinding late)."""
         H.check_choice("experiment", experiment, ARMS)
         unknown = set(params) - {f for f in cls.__dataclass_fields__ if f != "experiment"}
         if unknown:
@@ -99,7 +106,7 @@ class RunSpec:
         if "batchnorm" in params:
             params["batchnorm"] = as_bool("batchnorm", params["batchnorm"])
         spec = cls(experiment, **{**ARMS[experiment].defaults, **params})
-        return replace(spec, epochs=1) if as_bool("quick", quick) else spec
+        return replace(spec, epochs=spec.rewind_epoch + 1) if as_bool("quick", quick) else spec
 
     def __post_init__(self):
         H.check_choice("experiment", self.experiment, ARMS)
@@ -111,8 +118,16 @@ class RunSpec:
         H.check_fraction("dropout", self.dropout)
         if not isinstance(self.batchnorm, (bool, np.bool_)):  # papermill's `-p batchnorm maybe` passes a string
             raise ValueError(f"batchnorm={self.batchnorm!r}: must be True or False (papermill: -p batchnorm True).")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed={self.seed!r}: must be a whole number >= 0.")
+        for name in ("seed", "rewind_epoch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name}={value!r}: must be a whole number >= 0.")
+        if self.rewind_epoch and (self.rewind_epoch >= self.epochs or self.reset != "rewind"):
+            raise ValueError(f"rewind_epoch={self.rewind_epoch!r}: late rewinding goes back to a point inside phase 0 "
+                             f"of a rewound run: 0 <= rewind_epoch < epochs ({self.epochs}), with reset='rewind'.")
+        if self.strategy == "ticket" and self.reset != "reinit":
+            raise ValueError("strategy='ticket' trains a lottery run's masks from fresh values: reset must be "
+                             "'reinit' (with 'rewind' it would be the lottery run itself).")
         if ARMS[self.experiment].defaults.get("rounds") == 0:  # a dense arm: phase 0 only
             if self.rounds != 0 or self.sparsity != 0:
                 raise ValueError(f"rounds={self.rounds!r}, sparsity={self.sparsity!r}: a {self.experiment!r} run is "
@@ -132,13 +147,20 @@ class RunSpec:
         if self.rounds == 0:
             return f"{self.experiment}_{model}_E{self.epochs}_seed{self.seed}"
         scope = "" if self.scope == "layer" else f"_{self.scope}"
+        rewind = f"{self.rewind_epoch}" if self.rewind_epoch else ""
         return (f"{self.experiment}_p{exact(self.sparsity)}_R{self.rounds}_E{self.epochs}_{self.strategy}_"
-                f"{self.reset}{scope}_{model}_seed{self.seed}")
+                f"{self.reset}{rewind}{scope}_{model}_seed{self.seed}")
 
     @property
     def phase0_name(self) -> str:
         """Phase 0 depends only on the model, the seed and the epochs: every arm that shares them shares it."""
         return f"{self.model_name}_E{self.epochs}_seed{self.seed}"
+
+    @property
+    def ticket_source(self) -> "RunSpec":
+        """The lottery run whose masks a strategy='ticket' run trains from fresh values."""
+        return RunSpec("lottery", self.sparsity, self.rounds, self.epochs, "magnitude", "rewind", self.scope,
+                       self.batchnorm, self.dropout, self.seed)
 
     @property
     def model_name(self) -> str:

@@ -134,6 +134,16 @@ def phase0_path(results_dir: Path | str, spec: RunSpec, hp: H.HParams, source: d
     name = f"{spec.phase0_name}_{identity_hash(phase0_identity(spec, hp, source))}.pt"
     return Path(results_dir) / "checkpoints" / "phase0" / name
 
+def rewind_point_path(results_dir: Path | str, spec: RunSpec, hp: H.HParams, source: dict) -> Path:
+    """The weights after `spec.rewind_epoch` epochs of that phase 0: saved the first time a run rewinds there."""
+    path = phase0_path(results_dir, spec, hp, source)
+    return path.with_name(f"{path.stem}_epoch{spec.rewind_epoch}.pt")
+
+def phase0_ready(results_dir: Path | str, spec: RunSpec, hp: H.HParams, source: dict) -> bool:
+    """Whether a run's phase 0 (and its rewind point) is saved, or is still to train (or to replay)."""
+    return phase0_path(results_dir, spec, hp, source).exists() and (
+        not spec.rewind_epoch or rewind_point_path(results_dir, spec, hp, source).exists())
+
 def record_phase0_path(results_dir: Path | str, record: dict) -> Path:
     """The phase 0 a finished run started from."""
     return phase0_path(results_dir, RunSpec(**record["params"]), H.HParams(**record["hparams"]),

@@ -38,13 +38,18 @@ def results() -> dict[str, str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", action="store_true", help="run mutmut on the core's mutants first")
+    p.add_argument("--run", action="store_true", help="run mutmut on the core's mutants not killed yet first")
+    core = re.compile("|".join(re.escape(x).replace(r"\*", ".*") for x in patterns()))
     if p.parse_args().run:
         # one thread a test process: mutmut forks a child per mutant, and a child forked while torch's OpenMP pool
         # runs deadlocks at its first parallel op (every mutant that reached torch timed out with two threads)
         env = {**os.environ, "LTH_TEST_THREADS": "1", "OMP_NUM_THREADS": "1"}
-        subprocess.run(["mutmut", "run", *patterns()], check=True, env=env)
-    core = re.compile("|".join(re.escape(x).replace(r"\*", ".*") for x in patterns()))
+        # one mutant first: mutmut regenerates the mutants of changed functions and forgets their results; then
+        # every core mutant without a result, and the survivors (tests may have been added since)
+        subprocess.run(["mutmut", "run", "lth.report.x_verdict__mutmut_1"], check=True, env=env)
+        todo = [k for k, v in results().items() if core.fullmatch(k) and v in ("not checked", "survived")]
+        if todo:
+            subprocess.run(["mutmut", "run", *todo], check=True, env=env)
     status = {k: v for k, v in results().items() if core.fullmatch(k)}
     counts = Counter(status.values())
     survivors = sorted(k for k, v in status.items() if v != "killed")

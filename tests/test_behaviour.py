@@ -12,7 +12,7 @@ import torch
 import helpers as H
 from conftest import FAST, fake_record
 from lth.identity import ResultMismatch
-from lth.report import findings, verdict
+from lth.report import Findings, findings, verdict
 from lth.runs import resolve_hparams, run_experiment
 from lth.spec import RunSpec
 from lth.store import load_masks, load_phase0, load_theta0, phase0_path
@@ -164,3 +164,59 @@ def test_dropout_is_seeded_by_the_phase_not_by_the_global_state(data):
         return H.snapshot(net)
     a, b = trained(123), trained(456)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# Pinned after mutation testing (scripts/mutation_score.py) showed them unpinned.
+
+def test_the_procedures_defaults_are_a_rewound_magnitude_ticket_of_seed_0_with_a_progress_bar(data, capsys):
+    history, masks = H.lottery_ticket(data, 0.5, 1, 1, hp=FAST, device="cpu")
+    assert "dense" in capsys.readouterr().err  # tqdm's bar, on by default
+    same, same_masks = H.lottery_ticket(data, 0.5, 1, 1, "magnitude", "rewind", seed=0, hp=FAST, device="cpu",
+                                        progress=False)
+    assert [e["val_acc"] for e in history] == [e["val_acc"] for e in same]
+    assert all(torch.equal(masks[k], same_masks[k]) for k in masks)
+    assert [e["phase"] for e in history] == ["dense", "pruned"]
+
+
+def test_an_explicit_device_is_used_even_where_cuda_is_the_default(data, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # every implicit device would now be CUDA
+    history, masks = H.lottery_ticket(data, 0.5, 1, 1, "random", hp=FAST, device="cpu", progress=False)
+    assert len(history) == 2 and all(m.device.type == "cpu" for m in masks.values())
+
+
+def test_every_model_of_a_run_has_its_dropout(data, monkeypatch):
+    built, build = [], H.build_model
+    monkeypatch.setattr(H, "build_model", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
+    H.lottery_ticket(data, 0.5, 1, 1, dropout=0.3, hp=FAST, device="cpu", progress=False)
+    assert len(built) == 2 and all(m.dropout.p == 0.3 for m in built)
+
+
+def test_random_scores_live_on_the_weights_device():
+    scores = H.random_scores({"w": torch.empty(2, 3, device="meta")}, None)
+    assert scores["w"].device.type == "meta"
+
+
+def reinit_draws(channels_last: bool, layout: torch.memory_format, global_seed: int = 0) -> dict:
+    torch.manual_seed(0)
+    net = H.CNN().to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    theta0 = H.snapshot(net)
+    torch.manual_seed(global_seed)
+    H.reinit(net, theta0, H.dense_masks(net), torch.Generator().manual_seed(7), layout)
+    return {k: w.detach().clone() for k, w in H.prunable_weights(net).items()}
+
+
+def test_reinit_draws_follow_the_layout_asked_not_the_models_nor_the_global_seed():
+    for layout in (torch.contiguous_format, torch.channels_last):
+        ref = reinit_draws(False, layout)
+        for other in (reinit_draws(True, layout), reinit_draws(False, layout, global_seed=5)):
+            assert all(torch.equal(ref[k], other[k]) for k in ref)
+    contiguous, nhwc = reinit_draws(False, torch.contiguous_format), reinit_draws(False, torch.channels_last)
+    assert not torch.equal(contiguous["features.0.0.weight"], nhwc["features.0.0.weight"])  # the layout matters
+
+
+def test_the_verdict_says_so_on_quick_runs_and_counts_touching_ranges_as_overlapping():
+    assert verdict([0.5, 0.6], [0.1, 0.2], quick=True) == "no verdict on a quick run"
+    quick = Findings([fake_record("lottery", 0.5, quick=True, sparsity=0.5)], {}, 5, 5)
+    assert quick.verdict([0.5, 0.6], [0.1, 0.2]) == "no verdict on a quick run"
+    assert verdict([0.5, 0.6], [0.4, 0.5]) == "within the seed range: the ranges overlap"
+    assert verdict([0.4, 0.5], [0.5, 0.6]) == "within the seed range: the ranges overlap"

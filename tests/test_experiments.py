@@ -9,7 +9,8 @@ import helpers as H
 from conftest import FAST, fake_record, run_all
 from lth.batch import plan
 from lth.plots import plot_classic
-from lth.report import classic_curve, findings, reading, results_markdown, write_readme_results
+from lth.readme import results_markdown, write_readme_results
+from lth.report import classic_curve, findings, reading
 from lth.runs import run_experiment
 from lth.spec import ARMS, CLASSIC, RunSpec
 from lth.store import MANIFEST, checkpoint_path, record_path, write_json

@@ -11,7 +11,8 @@ import helpers as H
 from conftest import fake_record
 from lth import plots
 from lth.explore import view_final
-from lth.report import QUICK_CAVEAT, findings, reading, results_markdown, runs_table, study_markdown
+from lth.readme import results_markdown
+from lth.report import QUICK_CAVEAT, findings, reading, runs_table, study_markdown
 from lth.spec import ARMS, CLASSIC, RunSpec
 
 matplotlib.use("Agg")

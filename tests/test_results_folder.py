@@ -22,7 +22,7 @@ from lth.data import data_identity, data_source, load_data
 from lth.explore import VIEWS, default_choice
 from lth.identity import DamagedFile, ResultMismatch
 from lth.masks import mask_findings
-from lth.report import write_readme_results
+from lth.readme import write_readme_results
 from lth.runs import resolve_hparams, run_experiment
 from lth.spec import RunSpec, as_bool
 from lth.store import (

@@ -1,0 +1,59 @@
+"""The README's results section: one row per run (seeds pooled), the findings, the compute; written between its
+markers from the published study only."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+import helpers as H
+from lth import store
+from lth.data import data_identity
+from lth.report import arm_label, findings, phase0_acc
+from lth.spec import RunSpec, exact, is_classic, model_label
+
+
+def results_markdown(records: list[dict], **model) -> str:
+    """The README's results: one row per run (seeds pooled: mean, range, how many), then the findings."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        p = r["params"]
+        label = arm_label(r)
+        arm = f"{label}, classic curve (20% a round)" if is_classic(p) else f"{label} p={exact(p['sparsity'])}"
+        label = (f"dense baseline, {model_label(p)}, {p['epochs']} epochs" if not p["rounds"] else
+                 f"{arm} R={p['rounds']} E={p['epochs']}" +
+                 ("" if p["batchnorm"] and not p["dropout"] else f", {model_label(p)}"))
+        groups.setdefault(label, []).append(r)
+    lines = ["| run | final val acc | seeds | its phase 0 (dense, E epochs) | final sparsity |",
+             "| --- | --- | --- | --- | --- |"]
+    for label, rs in groups.items():
+        accs = [r["final_val_acc"] for r in rs]
+        rng = f" ({min(accs):.2%}-{max(accs):.2%})" if len(rs) > 1 else ""
+        p0 = "-" if not rs[0]["params"]["rounds"] else f"{np.mean([phase0_acc(r) for r in rs]):.2%}"
+        lines.append(f"| {label} | {np.mean(accs):.2%}{rng} | {len(rs)} | {p0} | {rs[0]['final_sparsity']:.4f} |")
+    phase0 = {RunSpec(**r["params"]).phase0_name: sum(e["seconds"] for e in r["history"] if e["round"] == 0)
+              for r in records}
+    pruned = sum(e["seconds"] for r in records for e in r["history"] if e["round"] > 0)
+    devices = Counter(r["device"] for r in records)
+    compute = (f"Compute: {(sum(phase0.values()) + pruned) / 3600:.2f} hours of training in these records (each "
+               f"shared phase 0 once), on {'; '.join(f'{d} ({n} runs)' for d, n in sorted(devices.items()))}.")
+    return "\n".join(lines + ["", *[f"- {line}" for line in findings(records, **model)], "", compute])
+
+
+def write_readme_results(text: str, results_dir: Path | str, records: list[dict],
+                         readme: Path = H.ROOT / "README.md") -> str:
+    """Replace the README's results between its two markers with `text`, computed from `records`: only from the
+    published study, and only when every run in it was made on the folder's data. Says what it did."""
+    if not store.is_published(results_dir):
+        return f"The README's results are written from {store.PUBLISHED_RESULTS.name}/ only; {results_dir} is not it."
+    saved = store.folder_data(results_dir)
+    other = [r["name"] for r in records if saved is None or data_identity(r["data"]) != saved["data"]]
+    if other:
+        return (f"The README's results were not rewritten: {len(other)} runs ({', '.join(other[:3])}) were not made on "
+                f"the data named in {Path(results_dir) / store.MANIFEST}.")
+    start, end = "<!-- results: written by notebooks/06_summary.ipynb from the records -->", "<!-- end of results -->"
+    before, rest = readme.read_text().split(start)
+    write_text = before + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
+    store.atomic_write(readme, lambda f: f.write_text(write_text))
+    return f"The README's results were rewritten from these {len(records)} runs."

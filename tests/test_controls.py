@@ -1,0 +1,114 @@
+"""The paper's re-init control (the ticket's own masks, fresh values) and late rewinding (survivors back to their
+values after k epochs of phase 0), through `run_experiment` as the notebooks call it."""
+import pytest
+import torch
+
+import helpers as H
+from conftest import FAST
+from lth.identity import ResultMismatch
+from lth.runs import resolve_hparams, run_experiment
+from lth.spec import RunSpec
+from lth.store import load_masks, load_theta0, phase0_path, rewind_point_path
+
+
+def run(spec, data, results):
+    return run_experiment(spec, data, "cpu", results, FAST, progress=False)
+
+
+def starts_of_training(monkeypatch) -> list[dict]:
+    """The model's weights as each call of `train` begins: what a phase starts from."""
+    starts, train = [], H.train
+    monkeypatch.setattr(H, "train", lambda model, *a, **k: starts.append(H.snapshot(model)) or train(model, *a, **k))
+    return starts
+
+
+SCHEDULE = dict(sparsity=0.5, rounds=2, epochs=2)
+HP = resolve_hparams(FAST, torch.device("cpu"))  # as run_experiment resolves it: the files are named by it
+
+
+def test_the_fixed_mask_arm_trains_exactly_the_saved_masks_of_its_lottery_run_from_fresh_values(data, tmp_path,
+                                                                                                  monkeypatch):
+    lottery = run(RunSpec.of("lottery", **SCHEDULE, seed=3), data, tmp_path)
+    starts = starts_of_training(monkeypatch)
+    fixed = run(RunSpec.of("fixed_mask", **SCHEDULE, seed=3), data, tmp_path)
+    ticket, used = load_masks(tmp_path, lottery), load_masks(tmp_path, fixed)
+    assert list(used) == [1, 2]
+    for r in (1, 2):
+        for name, mask in ticket[r].items():
+            assert torch.equal(used[r][name], mask), (r, name)
+    theta0 = load_theta0(tmp_path, RunSpec(**fixed["params"]))
+    for r, start in zip((1, 2), starts):  # phase 0 is the lottery run's, loaded: each train call is a round
+        for name, v in theta0.items():
+            if name in ticket[r]:
+                assert torch.equal(start[name] != 0, ticket[r][name]), (r, name)  # the ticket's survivors ...
+                assert not torch.equal(start[name], v * ticket[r][name]), (r, name)  # ... with fresh values
+            else:
+                assert torch.equal(start[name], v), (r, name)  # biases and BatchNorm at θ0
+    assert [e["sparsity"] for e in fixed["history"] if e["round"]] == \
+           [e["sparsity"] for e in lottery["history"] if e["round"]]
+
+
+def test_the_fixed_mask_arm_without_its_lottery_run_says_which_to_run(data, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"lottery_p0.5_R2_E2_magnitude_rewind_bn1_do0_seed0.*run it first"):
+        run(RunSpec.of("fixed_mask", **SCHEDULE), data, tmp_path)
+
+
+def phase0_weights_at(data, epoch: int, epochs: int, seed: int = 0) -> tuple[dict, dict]:
+    """An uninterrupted phase 0 as the procedure trains it, and its weights after `epoch` epochs."""
+    model, at = H.build_model(seed), {}
+    H.train(model, data, epochs, None, H.phase_seed(seed, 0), "cpu", FAST, progress=False,
+            on_epoch=lambda e: at.update(H.snapshot(model)) if e["epoch"] == epoch else None)
+    return at, H.snapshot(model)
+
+
+@pytest.mark.parametrize("phase0", ["trained with it", "replayed"])
+def test_a_rewind_point_equals_the_weights_of_an_uninterrupted_phase0_at_that_epoch(phase0, data, tmp_path,
+                                                                                    monkeypatch):
+    spec = RunSpec.of("late_rewind", **SCHEDULE, rewind_epoch=1)
+    if phase0 == "replayed":  # a phase 0 saved before, by a run that rewinds to θ0
+        run(RunSpec.of("lottery", **SCHEDULE), data, tmp_path)
+        before = phase0_path(tmp_path, spec, HP, data.source).read_bytes()
+    expected, final = phase0_weights_at(data, 1, 2)
+    starts = starts_of_training(monkeypatch)
+    record = run(spec, data, tmp_path)
+    point = torch.load(rewind_point_path(tmp_path, spec, HP, data.source))
+    assert point["epoch"] == 1
+    assert expected.keys() == point["state"].keys()
+    for name, v in expected.items():
+        assert torch.equal(point["state"][name], v), name
+    saved = torch.load(phase0_path(tmp_path, spec, HP, data.source))["state"]
+    assert all(torch.equal(saved[k], v) for k, v in final.items())  # phase 0 itself is unchanged
+    if phase0 == "replayed":
+        assert phase0_path(tmp_path, spec, HP, data.source).read_bytes() == before
+    masks = load_masks(tmp_path, record)[1]  # round 1 starts from the rewind point, masked
+    round1 = starts[-2]
+    for name, v in expected.items():
+        assert torch.equal(round1[name], v * masks[name] if name in masks else v), name
+
+
+def test_a_replay_that_does_not_end_on_the_saved_phase0_is_refused(data, tmp_path):
+    run(RunSpec.of("lottery", **SCHEDULE), data, tmp_path)
+    spec = RunSpec.of("late_rewind", **SCHEDULE, rewind_epoch=1)
+    path = phase0_path(tmp_path, spec, HP, data.source)
+    saved = torch.load(path)
+    saved["state"]["classifier.bias"] += 1e-3  # as a phase 0 made on another machine would differ
+    torch.save(saved, path)
+    with pytest.raises(ResultMismatch, match="did not end on its saved weights"):
+        run(spec, data, tmp_path)
+    assert not rewind_point_path(tmp_path, spec, HP, data.source).exists()
+
+
+@pytest.mark.parametrize("params, error", [
+    (dict(rewind_epoch=5), "0 <= rewind_epoch < epochs"),
+    (dict(rewind_epoch=-1), "whole number >= 0"),
+    (dict(rewind_epoch=1, reset="reinit"), "reset='rewind'"),
+])
+def test_a_rewind_point_outside_phase0_is_refused(params, error):
+    with pytest.raises(ValueError, match=error):
+        RunSpec.of("late_rewind", **{**SCHEDULE, "epochs": 5, **params})
+
+
+def test_late_rewinding_is_in_the_runs_name_only_when_it_is_not_theta0():
+    assert RunSpec.of("lottery", sparsity=0.5).name == "lottery_p0.5_R5_E5_magnitude_rewind_bn1_do0_seed0"
+    assert RunSpec.of("late_rewind", sparsity=0.5).name == "late_rewind_p0.5_R5_E5_magnitude_rewind1_bn1_do0_seed0"
+    assert RunSpec.of("late_rewind", sparsity=0.5, quick=True).epochs == 2  # one epoch past the rewind point

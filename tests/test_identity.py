@@ -1,0 +1,69 @@
+"""A run's identity, to the character: the hashes that name the committed phase-0 files, and the messages that say
+why a saved result is not reused and what to do."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lth import store
+from lth.identity import (
+    DamagedFile,
+    ResultMismatch,
+    check_identity,
+    checkpoint_identity,
+    differences,
+    identity_hash,
+    phase0_file_identity,
+)
+
+COMMITTED_PHASE0 = sorted((store.PUBLISHED_RESULTS / "checkpoints" / "phase0").glob("bn1_do0_E5_seed*_*.pt"))
+
+
+def test_an_identity_hash_sorts_keys_and_reads_numpy_scalars_as_numbers():
+    assert identity_hash({"b": 1, "a": np.float64(0.5), "c": {"z": np.int64(2), "y": "x"}}) == "f0564e8c"
+    assert identity_hash({"a": 0.5, "c": {"y": "x", "z": 2}, "b": 1}) == "f0564e8c"
+
+
+@pytest.mark.skipif(not COMMITTED_PHASE0, reason="needs the committed study")
+@pytest.mark.parametrize("path", COMMITTED_PHASE0, ids=lambda p: p.stem)
+def test_the_committed_phase0_files_are_named_by_the_hash_of_their_identity(path):
+    saved = torch.load(path, map_location="cpu", mmap=True)
+    assert path.stem.rsplit("_", 1)[1] == identity_hash(phase0_file_identity(saved, path))
+
+
+def test_a_difference_in_precision_alone_says_which_precision_to_resume_with():
+    with pytest.raises(ResultMismatch) as e:
+        check_identity(Path("r.json"), {"hparams": {"precision": "bf16"}}, {"hparams": {"precision": "fp32"}})
+    assert str(e.value) == ("r.json was made with other settings than asked (hparams.precision saved 'bf16', asked "
+                            "'fp32'), so it is not reused. Resume it with the precision it was made with: run_all.py "
+                            "--precision bf16 (notebooks: precision=\"bf16\").")
+
+
+def test_other_differences_are_each_named_with_both_ways_out():
+    with pytest.raises(ResultMismatch) as e:
+        check_identity(Path("r.json"), {"params": {"seed": 1}, "hparams": {}},
+                       {"params": {"seed": 2}, "hparams": {"lr": 0.1}})
+    assert str(e.value) == ("r.json was made with other settings than asked (hparams.lr saved None, asked 0.1; "
+                            "params.seed saved 1, asked 2), so it is not reused. Keep both: pass another results_dir "
+                            "(run_all.py --results-dir) for the new settings; or replace it: force=True (run_all.py "
+                            "--force).")
+    check_identity(Path("r.json"), {"params": {"seed": 1}}, {"params": {"seed": 1}})  # the same: no error
+
+
+def test_differences_name_nested_keys_and_keys_on_one_side():
+    assert differences({"a": {"b": 1}, "x": 1}, {"a": {"b": 2}, "y": 2}) == [
+        "a.b saved 1, asked 2", "x saved 1, asked None", "y saved None, asked 2"]
+    assert differences({"a": {"b": 1}}, {"a": {"b": 1}}) == []
+
+
+def test_a_file_without_a_readable_identity_is_named_with_what_to_do():
+    with pytest.raises(DamagedFile) as e:
+        checkpoint_identity({"identity": {}}, Path("c.pt"))
+    assert str(e.value) == ("c.pt carries no readable identity (TypeError: saved_identity() missing 3 required "
+                            "positional arguments: 'params', 'hparams', and 'data'); delete it, and the run restarts "
+                            "after its phase 0.")
+    with pytest.raises(DamagedFile) as e:
+        phase0_file_identity({"identity": {}}, Path("c.pt"))
+    assert str(e.value) == ("c.pt carries no readable identity (KeyError: 'model'); delete it, and phase 0 is "
+                            "trained again.")
