@@ -220,3 +220,32 @@ def test_the_verdict_says_so_on_quick_runs_and_counts_touching_ranges_as_overlap
     assert quick.verdict([0.5, 0.6], [0.1, 0.2]) == "no verdict on a quick run"
     assert verdict([0.5, 0.6], [0.4, 0.5]) == "within the seed range: the ranges overlap"
     assert verdict([0.4, 0.5], [0.5, 0.6]) == "within the seed range: the ranges overlap"
+
+
+def test_pruned_weights_stay_zero_through_every_round_of_the_procedure(data):
+    def check(r, model, masks, history):
+        for name, w in H.prunable_weights(model).items():
+            assert not w[~masks[name]].any(), (r, name)
+    H.lottery_ticket(data, 0.5, 2, 1, hp=FAST, device="cpu", progress=False, on_round=check)
+
+
+def test_each_phase_trains_with_its_own_seed_and_reports_every_epoch(data, monkeypatch, capsys):
+    seeds, train, epochs = [], H.train, []
+    monkeypatch.setattr(H, "train", lambda *a, **k: seeds.append(a[4]) or train(*a, **k))
+    H.lottery_ticket(data, 0.5, 2, 2, seed=3, hp=FAST, device="cpu", progress=False, on_epoch=epochs.append)
+    assert seeds == [H.phase_seed(3, 0), H.phase_seed(3, 1), H.phase_seed(3, 2)] == [3000, 3001, 3002]
+    assert [e["epoch"] for e in epochs] == [1, 2] * 3
+    assert capsys.readouterr().err == ""  # progress=False: no bar
+    H.lottery_ticket(data, 0.5, 1, 1, hp=FAST, device="cpu", progress=True)
+    assert "round 1/1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_reinit_draws_round_1_contiguous_and_later_rounds_in_the_training_layout(channels_last, data, monkeypatch):
+    """The rule the committed re-init runs were drawn by (see prune_and_reset): a resumed run draws the same."""
+    layouts, reinit = [], H.reinit
+    monkeypatch.setattr(H, "reinit", lambda *a: layouts.append(a[4]) or reinit(*a))
+    H.lottery_ticket(data, 0.5, 3, 1, reset="reinit", hp=replace(FAST, channels_last=channels_last), device="cpu",
+                     progress=False)
+    later = torch.channels_last if channels_last else torch.contiguous_format
+    assert layouts == [torch.contiguous_format, later, later]
