@@ -207,13 +207,13 @@ class Findings:
                          f"{next(iter(said.values()))}")
             else:
                 line += (f"beyond the seed range at {len(beyond)} of {len(pairs)} levels"
-                         + (f": {', '.join(beyond)}" if beyond else "") + "; within it at the others")
+                         + (f": {', '.join(beyond)}" if beyond else "")
+                         + (f"; within it at the other {len(pairs) - len(beyond)}" if len(beyond) < len(pairs) else ""))
             drops = [first_drops(curve, e) for e in (name, other)]
             if all(drops):
-                line += (f". First more than 2 points below the dense phase 0, seed by seed: "
-                         f"{' / '.join(f'{x:.1f}%' for x in drops[0])} against "
-                         f"{' / '.join(f'{x:.1f}%' for x in drops[1])} of the weights left "
-                         f"({self.verdict(drops[0], drops[1])})")
+                said = lambda xs: " / ".join(f"{x:.1f}%" if x else "never" for x in xs)
+                line += (f". First more than 2 points below the dense phase 0, seed by seed: {said(drops[0])} of the "
+                         f"weights left against {said(drops[1])} ({self.verdict(drops[0], drops[1])})")
             out.append(line + ".")
         return out
 
@@ -265,12 +265,12 @@ def classic_curve(records: list[dict], model: dict | None = None):
 
 def first_drops(curve, experiment: str) -> list[float]:
     """Per seed, the % of weights left where an arm first falls more than 2 points below its seed's dense phase 0
-    (the last level when it never does); empty when the arm is not on the curve."""
+    (0 when it never does: further than any level); empty when the arm is not on the curve."""
     phase0 = curve[curve["round"] == 0].groupby("seed").val_acc.first()
     out = []
     for seed, rows in curve[(curve.experiment == experiment) & (curve["round"] > 0)].groupby("seed"):
         below = rows[rows.val_acc < phase0[seed] - 0.02]
-        out.append((below if len(below) else rows.tail(1))["remaining (%)"].iloc[0])
+        out.append(below["remaining (%)"].iloc[0] if len(below) else 0.0)
     return out
 
 
@@ -282,7 +282,9 @@ def classic_findings(records: list[dict], model: dict) -> list[str]:
     out = [f"Classic curve (20% of the survivors pruned a round, {CLASSIC['epochs']} epochs a round): dense phase 0 "
            f"{spread(list(phase0))}."]
     first_below = lambda rows, dense: rows[rows.val_acc < dense - 0.02].head(1)
-    for arm, rows in curve[curve["round"] > 0].groupby("experiment"):
+    pruned = curve[curve["round"] > 0]
+    for arm in [a for a in ARMS if a in set(pruned.experiment)]:  # in the order of the table of arms
+        rows = pruned[pruned.experiment == arm]
         # each arm against the phase 0 of its own seeds, so that an arm with fewer seeds is not read against others'
         seeds = sorted(rows.seed.unique())
         dense = phase0[seeds].mean()

@@ -12,7 +12,7 @@ from conftest import fake_record
 from lth import plots
 from lth.explore import view_final
 from lth.readme import results_markdown
-from lth.report import QUICK_CAVEAT, findings, reading, runs_table, study_markdown
+from lth.report import QUICK_CAVEAT, findings, labels, reading, runs_table, study_markdown
 from lth.spec import ARMS, CLASSIC, RunSpec
 
 matplotlib.use("Agg")
@@ -99,3 +99,21 @@ def test_the_source_notebooks_are_clean_and_keep_their_defaults(path):
     run = {k: values[k] for k in ("sparsity", "rounds", "epochs") if k in values}
     planned = [{k: getattr(RunSpec.of(arm, **params), k) for k in run} for params in ARMS[arm].plan]
     assert run in planned, f"{path.name}: parameters {run} are none of the runs it makes: {planned}"
+
+
+def test_the_classic_curves_controls_are_judged_level_by_level_against_the_seed_range():
+    arm = lambda e, accs: [fake_record(e, a, seed=s, **CLASSIC) for s, a in enumerate(accs)]
+    records = (arm("lottery", (0.80, 0.81)) + arm("random", (0.71, 0.73)) + arm("fixed_mask", (0.70, 0.72))
+               + arm("late_rewind", (0.805, 0.82)))
+    text = "\n".join(findings(records))
+    assert ("Ticket mask, fresh init against lottery ticket on the classic curve, level by level (2 seeds against 2): "
+            "beyond the seed range at 13 of 13 levels: 80.0% left (-9.50 points), 64.0% left (-9.50 points)") in text
+    assert ("Ticket mask, fresh init against random pruning on the classic curve, level by level (2 seeds against 2): "
+            "beyond the seed range at 0 of 13 levels; within it at the other 13. First more than 2 points below the "
+            "dense phase 0, seed by seed: 80.0% / 80.0% of the weights left against 80.0% / 80.0% (within the seed "
+            "range: the ranges overlap).") in text
+    assert ("Late rewinding against lottery ticket on the classic curve, level by level (2 seeds against 2): beyond "
+            "the seed range at 0 of 13 levels; within it at the other 13. First more than 2 points below the dense "
+            "phase 0, seed by seed: never / never of the weights left against never / never (within the seed range: "
+            "the ranges overlap).") in text
+    assert labels(records[-1])["arm"] == "late rewinding to epoch 1"
