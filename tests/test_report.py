@@ -110,7 +110,7 @@ def test_the_classic_curves_controls_are_judged_level_by_level_against_the_seed_
             "beyond the seed range at 13 of 13 levels: 80.0% left (-9.50 points), 64.0% left (-9.50 points)") in text
     assert ("Ticket mask, fresh init against random pruning on the classic curve, level by level (2 seeds against 2): "
             "beyond the seed range at 0 of 13 levels; within it at the other 13. First more than 2 points below the "
-            "dense phase 0, seed by seed: 80.0% / 80.0% of the weights left against 80.0% / 80.0% (within the seed "
+            "dense phase 0, seed by seed: 80.0% / 80.0% of the weights left against 80.0% / never (within the seed "
             "range: the ranges overlap).") in text
     assert ("Late rewinding against lottery ticket on the classic curve, level by level (2 seeds against 2): beyond "
             "the seed range at 0 of 13 levels; within it at the other 13. First more than 2 points below the dense "
