@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 CORE = {
     "helpers": ["prunable_weights", "dense_masks", "magnitude_scores", "random_scores", "prune", "keep_top",
@@ -44,8 +45,10 @@ def main() -> int:
         # one thread a test process: mutmut forks a child per mutant, and a child forked while torch's OpenMP pool
         # runs deadlocks at its first parallel op (every mutant that reached torch timed out with two threads)
         env = {**os.environ, "LTH_TEST_THREADS": "1", "OMP_NUM_THREADS": "1"}
-        # one mutant first: mutmut regenerates the mutants of changed functions and forgets their results; then
-        # every core mutant without a result, and the survivors (tests may have been added since)
+        # one mutant first: mutmut regenerates the mutants of changed functions and forgets their results, and
+        # (without its saved stats) traces which tests reach which function again, tests added since included; then
+        # every core mutant without a result, and the survivors
+        Path("mutants/mutmut-stats.json").unlink(missing_ok=True)
         subprocess.run(["mutmut", "run", "lth.report.x_verdict__mutmut_1"], check=True, env=env)
         todo = [k for k, v in results().items() if core.fullmatch(k) and v in ("not checked", "survived")]
         if todo:
