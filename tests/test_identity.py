@@ -27,9 +27,10 @@ def test_an_identity_hash_sorts_keys_and_reads_numpy_scalars_as_numbers():
 
 @pytest.mark.skipif(not COMMITTED_PHASE0, reason="needs the committed study")
 @pytest.mark.parametrize("path", COMMITTED_PHASE0, ids=lambda p: p.stem)
-def test_the_committed_phase0_files_are_named_by_the_hash_of_their_identity(path):
+def test_the_committed_phase0_files_and_rewind_points_are_named_by_the_hash_of_their_identity(path):
     saved = torch.load(path, map_location="cpu", mmap=True)
-    assert path.stem.rsplit("_", 1)[1] == identity_hash(phase0_file_identity(saved, path))
+    named = path.stem.split("_epoch")[0].rsplit("_", 1)[1]  # a rewind point is named after its phase 0
+    assert named == identity_hash(phase0_file_identity(saved, path))
 
 
 def test_a_difference_in_precision_alone_says_which_precision_to_resume_with():
