@@ -173,7 +173,7 @@ def test_the_procedures_defaults_are_a_rewound_magnitude_ticket_of_seed_0_with_a
     assert "dense" in capsys.readouterr().err  # tqdm's bar, on by default
     same, same_masks = H.lottery_ticket(data, 0.5, 1, 1, "magnitude", "rewind", seed=0, hp=FAST, device="cpu",
                                         progress=False)
-    assert [e["val_acc"] for e in history] == [e["val_acc"] for e in same]
+    assert [(e["train_loss"], e["val_acc"]) for e in history] == [(e["train_loss"], e["val_acc"]) for e in same]
     assert all(torch.equal(masks[k], same_masks[k]) for k in masks)
     assert [e["phase"] for e in history] == ["dense", "pruned"]
 
@@ -249,3 +249,18 @@ def test_reinit_draws_round_1_contiguous_and_later_rounds_in_the_training_layout
                      progress=False)
     later = torch.channels_last if channels_last else torch.contiguous_format
     assert layouts == [torch.contiguous_format, later, later]
+
+
+def test_images_are_normalised_by_the_cifar_statistics_into_channels_last():
+    x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    mean, std = torch.tensor(H.MEAN).view(1, 3, 1, 1), torch.tensor(H.STD).view(1, 3, 1, 1)
+    out = H.normalize(x)
+    assert torch.allclose(out, (x.float() / 255 - mean) / std, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_keeping_more_weights_than_are_alive_says_why():
+    with pytest.raises(ValueError) as e:
+        H.keep_top(torch.rand(6), 5, torch.tensor([True, True, True, False, False, False]))
+    assert str(e.value) == ("cannot keep 5 weights when only 3 are alive: the target sparsity is below the current "
+                            "one.")

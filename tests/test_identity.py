@@ -67,3 +67,9 @@ def test_a_file_without_a_readable_identity_is_named_with_what_to_do():
         phase0_file_identity({"identity": {}}, Path("c.pt"))
     assert str(e.value) == ("c.pt carries no readable identity (KeyError: 'model'); delete it, and phase 0 is "
                             "trained again.")
+
+
+def test_a_setting_that_is_a_group_on_one_side_only_is_named_whole():
+    assert differences({"a": {"b": 1}}, {"a": 5}) == ["a saved {'b': 1}, asked 5"]
+    with pytest.raises(ResultMismatch, match=r"\(params.seed saved 1, asked 2\), so it is not reused. Keep both"):
+        check_identity(Path("r.json"), {"params": {"seed": 1}}, {"params": {"seed": 2}})  # no hparams saved
