@@ -171,8 +171,8 @@ def test_dropout_is_seeded_by_the_phase_not_by_the_global_state(data):
 def test_the_procedures_defaults_are_a_rewound_magnitude_ticket_of_seed_0_with_a_progress_bar(data, capsys):
     history, masks = H.lottery_ticket(data, 0.5, 1, 1, hp=FAST, device="cpu")
     assert "dense" in capsys.readouterr().err  # tqdm's bar, on by default
-    same, same_masks = H.lottery_ticket(data, 0.5, 1, 1, "magnitude", "rewind", seed=0, hp=FAST, device="cpu",
-                                        progress=False)
+    same, same_masks = H.lottery_ticket(data, 0.5, 1, 1, "magnitude", "rewind", seed=0, rewind_epoch=0, hp=FAST,
+                                        device="cpu", progress=False)
     assert [(e["train_loss"], e["val_acc"]) for e in history] == [(e["train_loss"], e["val_acc"]) for e in same]
     assert all(torch.equal(masks[k], same_masks[k]) for k in masks)
     assert [e["phase"] for e in history] == ["dense", "pruned"]
@@ -264,3 +264,10 @@ def test_keeping_more_weights_than_are_alive_says_why():
         H.keep_top(torch.rand(6), 5, torch.tensor([True, True, True, False, False, False]))
     assert str(e.value) == ("cannot keep 5 weights when only 3 are alive: the target sparsity is below the current "
                             "one.")
+
+
+@pytest.mark.parametrize("ticket", [None, {2: "round 2 only"}, {1: "round 1 only"}])
+def test_a_ticket_run_without_the_masks_of_every_round_is_refused(data, ticket):
+    with pytest.raises(ValueError) as e:
+        H.lottery_ticket(data, 0.5, 2, 1, "ticket", "reinit", ticket=ticket, hp=FAST, device="cpu", progress=False)
+    assert str(e.value) == "strategy='ticket' needs `ticket`: a finished lottery run's masks for rounds 1-2."

@@ -14,8 +14,10 @@ from lth.identity import (
     checkpoint_identity,
     differences,
     identity_hash,
+    non_default,
     phase0_file_identity,
 )
+from lth.spec import RunSpec
 
 COMMITTED_PHASE0 = sorted((store.PUBLISHED_RESULTS / "checkpoints" / "phase0").glob("bn1_do0_E5_seed*_*.pt"))
 
@@ -73,3 +75,8 @@ def test_a_setting_that_is_a_group_on_one_side_only_is_named_whole():
     assert differences({"a": {"b": 1}}, {"a": 5}) == ["a saved {'b': 1}, asked 5"]
     with pytest.raises(ResultMismatch, match=r"\(params.seed saved 1, asked 2\), so it is not reused. Keep both"):
         check_identity(Path("r.json"), {"params": {"seed": 1}}, {"params": {"seed": 2}})  # no hparams saved
+
+
+def test_an_identity_leaves_out_the_fields_at_their_defaults():
+    assert non_default(RunSpec("lottery", sparsity=0.5)) == {"experiment": "lottery", "sparsity": 0.5}
+    assert non_default(RunSpec("lottery", sparsity=0.5, rewind_epoch=0)) == {"experiment": "lottery", "sparsity": 0.5}
