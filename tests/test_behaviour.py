@@ -272,3 +272,26 @@ def test_a_ticket_run_without_the_masks_of_every_round_is_refused(data, ticket):
     with pytest.raises(ValueError) as e:
         H.lottery_ticket(data, 0.5, 2, 1, "ticket", "reinit", ticket=ticket, hp=FAST, device="cpu", progress=False)
     assert str(e.value) == "strategy='ticket' needs `ticket`: a finished lottery run's masks for rounds 1-2."
+
+
+def test_augmentation_crops_at_most_four_pixels_away():
+    x = torch.zeros(4000, 3, 32, 32, dtype=torch.uint8)
+    x[:, :, 10, 12] = 255
+    bright = H.augment(x, torch.Generator().manual_seed(0))[:, 0].flatten(1).argmax(1)
+    shift = bright // 32 - 10  # rows: flips move columns only
+    assert shift.min() == -4 and shift.max() == 4
+
+
+def test_a_resumed_reinit_run_draws_what_an_uninterrupted_one_drew(data):
+    """A resumed run starts its rounds with another global random state than an uninterrupted one."""
+    kept = {}
+
+    def keep(r, model, masks, history):
+        kept[r] = {"state": H.snapshot(model), "masks": {k: m.clone() for k, m in masks.items()}, "history": history}
+    run = dict(reset="reinit", hp=FAST, device="cpu", progress=False)
+    whole, _ = H.lottery_ticket(data, 0.5, 2, 1, **run, on_round=keep)
+    final, theta0 = kept[2]["state"], H.snapshot(H.build_model(0))
+    phase0 = theta0, kept[1]["state"], [e for e in whole if e["round"] == 0]  # its weights: replaced by the resume
+    resumed, _ = H.lottery_ticket(data, 0.5, 2, 1, **run, phase0=phase0, resume=kept[1], on_round=keep)
+    assert [e["train_loss"] for e in resumed] == [e["train_loss"] for e in whole]
+    assert all(torch.equal(final[k], kept[2]["state"][k]) for k in final)
