@@ -31,6 +31,7 @@ EQUIVALENT: dict[str, str] = {  # mutant -> why no input can tell it from the or
     "helpers.x_normalize__mutmut_8": "a (3, 1, 1) view broadcasts over an NCHW batch exactly as (1, 3, 1, 1) does",
     "helpers.x_lottery_ticket__mutmut_15": MOVED_AGAIN,
     "helpers.x_lottery_ticket__mutmut_35": MOVED_AGAIN,
+    "helpers.x_prune_and_reset__mutmut_42": "load_state_dict copies θ0 into the model's own tensors wherever θ0 lies",
 }
 
 
