@@ -295,3 +295,23 @@ def test_a_resumed_reinit_run_draws_what_an_uninterrupted_one_drew(data):
     resumed, _ = H.lottery_ticket(data, 0.5, 2, 1, **run, phase0=phase0, resume=kept[1], on_round=keep)
     assert [e["train_loss"] for e in resumed] == [e["train_loss"] for e in whole]
     assert all(torch.equal(final[k], kept[2]["state"][k]) for k in final)
+
+
+def test_augmentation_follows_its_generator_alone():
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    out = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        out.append(H.augment(x, torch.Generator().manual_seed(0)))
+    assert torch.equal(out[0], out[1])
+
+
+@pytest.mark.parametrize("total, warmup, expected", [
+    (10, 0.2, [0, 1 / 2, 1, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8, 0]),
+    (10, 0.1, [0, 1, 8 / 9, 7 / 9, 6 / 9, 5 / 9, 4 / 9, 3 / 9, 2 / 9, 1 / 9, 0]),
+    (3, 0.5, [0, 1 / 2, 1, 0]),
+    (4, 0.0, [0, 1, 2 / 3, 1 / 3, 0]),  # a warm-up of no steps still starts from zero for one step
+])
+def test_the_learning_rate_warms_up_linearly_then_decays_linearly_to_zero(total, warmup, expected):
+    schedule = H.warmup_then_decay(total, warmup)
+    assert [schedule(step) for step in range(total + 1)] == pytest.approx(expected, abs=1e-12)
