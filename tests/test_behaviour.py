@@ -315,3 +315,11 @@ def test_augmentation_follows_its_generator_alone():
 def test_the_learning_rate_warms_up_linearly_then_decays_linearly_to_zero(total, warmup, expected):
     schedule = H.warmup_then_decay(total, warmup)
     assert [schedule(step) for step in range(total + 1)] == pytest.approx(expected, abs=1e-12)
+
+
+def test_augmentation_flips_about_half_the_images_each_on_its_own():
+    x = torch.zeros(4000, 3, 32, 32, dtype=torch.uint8)
+    x[:, :, 10, 5] = 255  # column 5: 1-9 once cropped, 22-30 once flipped
+    column = H.augment(x, torch.Generator().manual_seed(0))[:, 0].flatten(1).argmax(1) % 32
+    assert ((column >= 1) & (column <= 9) | (column >= 22) & (column <= 30)).all()
+    assert 0.45 < (column >= 22).float().mean() < 0.55
