@@ -5,6 +5,7 @@ import torch
 
 import helpers as H
 from conftest import FAST
+from lth import precision
 from lth.identity import ResultMismatch
 from lth.runs import resolve_hparams, run_experiment
 from lth.spec import RunSpec
@@ -54,10 +55,12 @@ def test_the_fixed_mask_arm_without_its_lottery_run_says_which_to_run(data, tmp_
 
 
 def phase0_weights_at(data, epoch: int, epochs: int, seed: int = 0) -> tuple[dict, dict]:
-    """An uninterrupted phase 0 as the procedure trains it, and its weights after `epoch` epochs."""
+    """An uninterrupted phase 0 as the procedure trains it (in the precision a run resolves "auto" to here), and its
+    weights after `epoch` epochs."""
     model, at = H.build_model(seed), {}
-    H.train(model, data, epochs, None, H.phase_seed(seed, 0), "cpu", FAST, progress=False,
-            on_epoch=lambda e: at.update(H.snapshot(model)) if e["epoch"] == epoch else None)
+    with precision.kernels(torch.device("cpu"), HP.precision):
+        H.train(model, data, epochs, None, H.phase_seed(seed, 0), "cpu", HP, progress=False,
+                on_epoch=lambda e: at.update(H.snapshot(model)) if e["epoch"] == epoch else None)
     return at, H.snapshot(model)
 
 
