@@ -129,14 +129,9 @@ def dense_phase(spec: RunSpec, data: H.Data, dev: torch.device, results_dir: Pat
     point = store.rewind_point_path(results_dir, spec, hp, data.source)
     asked = phase0_identity(spec, hp, data.source)
     with store.holding(store.run_lock(results_dir, f"phase0-{path.stem}"), say, f"phase 0 {path.stem}"):
-        saved = store.read_pt(path, say, "phase 0 is trained again") if path.exists() else None
-        if saved is not None:
-            check_identity(path, phase0_file_identity(saved, path), asked)
-        rewind_point = None
-        if saved is not None and spec.rewind_epoch:
-            rewind_point = store.read_pt(point, say, "it is taken again") if point.exists() else None
-            if rewind_point is not None:
-                check_identity(point, phase0_file_identity(rewind_point, point), asked)
+        saved = read_phase0_file(path, asked, say, "phase 0 is trained again")
+        rewind_point = (read_phase0_file(point, asked, say, "it is taken again")
+                        if saved is not None and spec.rewind_epoch else None)
         if saved is not None and (not spec.rewind_epoch or rewind_point is not None):
             say(f"{spec.name}: phase 0 loaded from {path.name}")
             reset_point = rewind_point["state"] if rewind_point else store.load_theta0(results_dir, spec)
@@ -164,6 +159,15 @@ def dense_phase(spec: RunSpec, data: H.Data, dev: torch.device, results_dir: Pat
                          on_epoch=on_epoch, progress=progress)
     say(f"{spec.name}: phase 0 ({spec.epochs} epochs dense): val_acc {trained[0][2][-1]['val_acc']:.4f}")
     return trained[0]
+
+
+def read_phase0_file(path: Path, asked: dict, say: Callable, otherwise: str) -> dict | None:
+    """A saved phase 0 (or rewind point) checked against the identity asked; None when there is none, or it is
+    unreadable (`otherwise` says what happens then)."""
+    saved = store.read_pt(path, say, otherwise) if path.exists() else None
+    if saved is not None:
+        check_identity(path, phase0_file_identity(saved, path), asked)
+    return saved
 
 
 def check_replay(path: Path, saved: dict, replayed: dict) -> None:
