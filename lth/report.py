@@ -211,9 +211,9 @@ class Findings:
                          + (f"; within it at the other {len(pairs) - len(beyond)}" if len(beyond) < len(pairs) else ""))
             drops = [first_drops(curve, e) for e in (name, other)]
             if all(drops):
-                said = lambda xs: " / ".join(f"{x:.1f}%" if x else "never" for x in xs)
-                line += (f". First more than 2 points below the dense phase 0, seed by seed: {said(drops[0])} of the "
-                         f"weights left against {said(drops[1])} ({self.verdict(drops[0], drops[1])})")
+                a_left, b_left = (" / ".join(levels_left(d)) for d in drops)
+                line += (f". First more than 2 points below the dense phase 0, seed by seed: {a_left} of the weights "
+                         f"left against {b_left} ({self.verdict(drops[0], drops[1])})")
             out.append(line + ".")
         return out
 
@@ -274,6 +274,10 @@ def first_drops(curve, experiment: str) -> list[float]:
     return out
 
 
+def levels_left(drops: list[float]) -> list[str]:
+    return [f"{x:.1f}%" if x else "never" for x in drops]
+
+
 def classic_findings(records: list[dict], model: dict) -> list[str]:
     curve = classic_curve(records, model)
     if curve.empty:
@@ -281,7 +285,6 @@ def classic_findings(records: list[dict], model: dict) -> list[str]:
     phase0 = curve[curve["round"] == 0].groupby("seed").val_acc.first()  # the arms of a seed share their phase 0
     out = [f"Classic curve (20% of the survivors pruned a round, {CLASSIC['epochs']} epochs a round): dense phase 0 "
            f"{spread(list(phase0))}."]
-    first_below = lambda rows, dense: rows[rows.val_acc < dense - 0.02].head(1)
     pruned = curve[curve["round"] > 0]
     for arm in [a for a in ARMS if a in set(pruned.experiment)]:  # in the order of the table of arms
         rows = pruned[pruned.experiment == arm]
@@ -289,7 +292,7 @@ def classic_findings(records: list[dict], model: dict) -> list[str]:
         seeds = sorted(rows.seed.unique())
         dense = phase0[seeds].mean()
         mean = rows.groupby("round").agg(val_acc=("val_acc", "mean"), remaining=("remaining (%)", "mean"))
-        below, best = first_below(mean, dense), mean.loc[mean.val_acc.idxmax()]
+        below, best = mean[mean.val_acc < dense - 0.02].head(1), mean.loc[mean.val_acc.idxmax()]
         who = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of seeds {', '.join(map(str, seeds))}"
         line = f"{ARMS[arm].label.capitalize()} ({who}; their phase 0 {dense:.2%}): " + (
             f"first more than 2 points below the dense phase 0 at {below.remaining.iloc[0]:.1f}% of the weights "
@@ -297,9 +300,8 @@ def classic_findings(records: list[dict], model: dict) -> list[str]:
             f"never more than 2 points below it, down to {mean.remaining.min():.1f}% of the weights left "
             f"({mean.val_acc.iloc[-1]:.2%})") + f"; best {best.val_acc:.2%} at {best.remaining:.1f}% left."
         if len(seeds) > 1:
-            each = [first_below(rows[rows.seed == s], phase0[s]) for s in seeds]
-            line += " Seed by seed, first more than 2 points below at: " + ", ".join(
-                f"{b['remaining (%)'].iloc[0]:.1f}%" if len(b) else "never" for b in each) + "."
+            each = ", ".join(levels_left(first_drops(curve, arm)))
+            line += f" Seed by seed, first more than 2 points below at: {each}."
         out.append(line)
     return out
 
