@@ -140,7 +140,7 @@ def remote_phase0(spec: RunSpec, hp: H.HParams, quick: bool, device: str, env: d
     dev = precision.resolve_device(device)
     data = load_data(None, quick)
     with precision.kernels(dev, hp.precision):
-        runs.dense_phase(spec, data.to(dev), dev, scratch, hp, False, lambda *a: None)
+        runs.load_or_train_phase0(spec, data.to(dev), dev, scratch, hp, False, lambda *a: None)
     wrote = [p for p in phase0_files(scratch, spec, hp, data.source) if p.exists()]
     return {rel: p.read_bytes() for p in wrote if (rel := str(p.relative_to(scratch))) not in inputs}
 

@@ -80,7 +80,7 @@ def run_experiment(spec: RunSpec, data: H.Data, device: str | torch.device | Non
 
         ticket = ticket_masks(results_dir, spec, hp, data.source) if spec.strategy == "ticket" else None
         with precision.kernels(dev, hp.precision):
-            phase0 = dense_phase(spec, data.to(dev), dev, results_dir, hp, progress, say, eta, device_name)
+            phase0 = load_or_train_phase0(spec, data.to(dev), dev, results_dir, hp, progress, say, eta, device_name)
             if saved is not None:
                 say(f"{spec.name}: resumed after round {done}")
             history, masks = H.lottery_ticket(data, **spec.procedure, hp=hp, device=dev, ticket=ticket,
@@ -118,9 +118,9 @@ def ticket_masks(results_dir: Path, spec: RunSpec, hp: H.HParams, source: dict) 
     return store.load_masks(results_dir, record)
 
 
-def dense_phase(spec: RunSpec, data: H.Data, dev: torch.device, results_dir: Path, hp: H.HParams, progress: bool,
-                say: Callable, on_epoch: Callable | None = None,
-                device_name: str = "") -> tuple[dict, dict, list[dict]]:
+def load_or_train_phase0(spec: RunSpec, data: H.Data, dev: torch.device, results_dir: Path, hp: H.HParams,
+                         progress: bool, say: Callable, on_epoch: Callable | None = None,
+                         device_name: str = "") -> tuple[dict, dict, list[dict]]:
     """The reset point (θ0, or the weights after `spec.rewind_epoch` epochs), the weights after phase 0 and its
     history: loaded when another arm already trained it. A phase 0 is named by its identity, so a run with other
     settings trains one of its own and never replaces a shared one. A rewind point not saved yet is taken by
