@@ -24,11 +24,13 @@ CORE = {
     "lth.report": ["verdict", "xǁFindingsǁverdict"],
 }
 TOPK_ORDER = "topk's `sorted` orders the indices it returns; the mask they set is the same set either way"
+BROADCAST = "a (3, 1, 1) view broadcasts over an NCHW batch exactly as (1, 3, 1, 1) does"
 MOVED_AGAIN = "train() moves the model and the data to its device itself, so a move left out before it changes nothing"
 EQUIVALENT: dict[str, str] = {  # mutant -> why no input can tell it from the original
     "helpers.x_keep_top__mutmut_18": TOPK_ORDER,
     "helpers.x_keep_top__mutmut_19": TOPK_ORDER,
-    "helpers.x_normalize__mutmut_8": "a (3, 1, 1) view broadcasts over an NCHW batch exactly as (1, 3, 1, 1) does",
+    "helpers.x_normalize__mutmut_8": BROADCAST,
+    "helpers.x_normalize__mutmut_27": BROADCAST,
     "helpers.x_lottery_ticket__mutmut_15": MOVED_AGAIN,
     "helpers.x_lottery_ticket__mutmut_35": MOVED_AGAIN,
     "helpers.x_prune_and_reset__mutmut_42": "load_state_dict copies θ0 into the model's own tensors wherever θ0 lies",

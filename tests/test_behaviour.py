@@ -257,6 +257,7 @@ def test_images_are_normalised_by_the_cifar_statistics_into_channels_last():
     out = H.normalize(x)
     assert torch.allclose(out, (x.float() / 255 - mean) / std, atol=1e-5)
     assert out.is_contiguous(memory_format=torch.channels_last)
+    assert H.normalize(x, channels_last=False).is_contiguous()  # as asked, for the NCHW path
     assert H.normalize(torch.empty(2, 3, 4, 4, dtype=torch.uint8, device="meta")).device.type == "meta"  # any device
 
 

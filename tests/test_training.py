@@ -1,5 +1,6 @@
 import platform
 import resource
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -107,3 +108,76 @@ def test_cpu_epochs_reuse_freed_activations_instead_of_faulting_them_in(tmp_path
     # glibc's defaults fault in 16,000 (bf16) to 120,000 (fp32) pages an epoch here; tuned, most epochs fault none,
     # and an occasional one some thousands (oneDNN's per-thread scratch), hence the median
     assert sorted(counts)[2] < 2000, counts
+
+
+# Pinned after mutation testing (scripts/mutation_score.py) showed them unpinned.
+
+def test_train_defaults_to_seed_0_and_a_progress_bar_named_train(data, capsys):
+    by_default = H.train(net(), data, 1, hp=FAST)
+    assert "train: " in capsys.readouterr().err  # tqdm's bar, on by default
+    seed0 = H.train(net(), data, 1, seed=0, hp=FAST, progress=False)
+    assert [e["train_loss"] for e in by_default] == [e["train_loss"] for e in seed0]
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_the_model_trains_in_the_memory_format_asked(channels_last, data):
+    model = net()
+    H.train(model, data, 1, hp=replace(FAST, channels_last=channels_last), progress=False)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    convs = [w for w in H.prunable_weights(model).values() if w.dim() == 4]
+    assert all(w.is_contiguous(memory_format=layout) for w in convs)
+
+
+def test_the_precision_asked_is_the_precision_trained_in(data):
+    def trained(precision):
+        model = net()
+        with kernels(torch.device("cpu"), precision):
+            H.train(model, data, 1, hp=replace(FAST, precision=precision), progress=False)
+        return H.snapshot(model)
+    bf16, fp32 = trained("bf16"), trained("fp32")
+    assert not all(torch.equal(bf16[k], fp32[k]) for k in bf16)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32"])
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")  # fp16's first steps overflow, skipped
+def test_only_fp16_training_scales_its_loss(precision, data, monkeypatch):
+    scalers, scaler = [], torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda *a, **k: scalers.append(scaler(*a, **k)) or scalers[-1])
+    H.train(net(), data, 1, hp=replace(FAST, precision=precision), progress=False)
+    assert [s.is_enabled() for s in scalers] == [precision == "fp16"]  # bf16 and fp32 gradients do not underflow
+
+
+def test_the_images_a_model_trains_on_do_not_depend_on_its_dropout(data, monkeypatch):
+    """Data order and augmentation come from the phase's own generator, dropout from the global one: the variants
+    with and without Dropout see the same batches, so the comparison is a controlled one."""
+    batches, augment = [], H.augment
+    monkeypatch.setattr(H, "augment", lambda x, gen, **k: batches.append(augment(x, gen, **k)) or batches[-1])
+    for dropout in (0.0, 0.5):
+        H.train(net(dropout=dropout), data, 2, seed=4, hp=FAST, progress=False)
+    steps = len(batches) // 2
+    assert steps > 1 and all(torch.equal(a, b) for a, b in zip(batches[:steps], batches[steps:]))
+
+
+def test_one_step_an_epoch_is_enough_and_an_empty_test_set_is_refused(data):
+    one_step = replace(FAST, batch_size=len(data.x_train))
+    assert len(H.train(net(), data, 1, hp=one_step, progress=False)) == 1
+    with_test_set = lambda n: H.Data(data.x_train, data.y_train, data.x_test[:n], data.y_test[:n], data.source)
+    assert H.train(net(), with_test_set(1), 1, hp=FAST, progress=False)[0]["val_acc"] in (0.0, 1.0)
+    with pytest.raises(ValueError, match=r"^the test set is empty: validation needs at least one test image\.$"):
+        H.train(net(), with_test_set(0), 1, hp=FAST, progress=False)
+
+
+def test_the_optimiser_is_nesterov_sgd_with_the_momentum_and_weight_decay_asked(data, monkeypatch):
+    optimizers = record_optimizers(monkeypatch)
+    H.train(net(), data, 1, hp=replace(FAST, momentum=0.8, weight_decay=3e-4), progress=False)
+    (opt, _), = optimizers
+    group = opt.param_groups[0]
+    assert (group["nesterov"], group["momentum"], group["weight_decay"]) == (True, 0.8, 3e-4)
+
+
+def test_the_progress_bar_counts_every_step_of_the_phase_and_goes_when_it_ends(data, monkeypatch):
+    bars, tqdm = [], H.tqdm
+    monkeypatch.setattr(H, "tqdm", lambda *a, **k: bars.append(tqdm(*a, **k)) or bars[-1])
+    H.train(net(), data, 2, hp=FAST, progress=False)
+    (bar,) = bars
+    assert (bar.total, bar.leave) == (2 * len(data.x_train) // FAST.batch_size, False)
