@@ -59,10 +59,10 @@ def main() -> int:
         env = {**os.environ, "LTH_TEST_THREADS": "1", "OMP_NUM_THREADS": "1"}
         # one mutant first: mutmut regenerates the mutants of changed functions and forgets their results, and
         # (without its saved stats) traces which tests reach which function again, tests added since included; then
-        # every core mutant without a result, and the survivors
+        # every core mutant without a result, the survivors, and the timeouts (a hang may have been the harness's)
         Path("mutants/mutmut-stats.json").unlink(missing_ok=True)
         subprocess.run(["mutmut", "run", "lth.report.x_verdict__mutmut_1"], check=True, env=env)
-        todo = [k for k, v in results().items() if core.fullmatch(k) and v in ("not checked", "survived")]
+        todo = [k for k, v in results().items() if core.fullmatch(k) and v in ("not checked", "survived", "timeout")]
         if todo:
             subprocess.run(["mutmut", "run", *todo], check=True, env=env)
     status = {k: v for k, v in results().items() if core.fullmatch(k)}

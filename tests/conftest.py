@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,9 @@ import helpers as H  # noqa: E402
 # Two threads, the machines' cores; mutation testing asks for one (LTH_TEST_THREADS=1): mutmut forks a process per
 # mutant, and a forked child of a process whose OpenMP pool is running deadlocks in its first parallel op.
 torch.set_num_threads(int(os.environ.get("LTH_TEST_THREADS", 2)))
+# tqdm's default lock is a multiprocessing lock that every process mutmut forks shares: a mutant stopped while it drew
+# a bar held it for good, and every later mutant that drew one hung in its first bar. A thread lock is enough here.
+H.tqdm.set_lock(threading.RLock())
 
 
 def fake_arrays(n_train: int = 256, n_test: int = 128, seed: int = 0) -> dict[str, np.ndarray]:

@@ -116,6 +116,7 @@ def test_train_defaults_to_seed_0_and_a_progress_bar_named_train(data, capsys):
     by_default = H.train(net(), data, 1, hp=FAST)
     assert "train: " in capsys.readouterr().err  # tqdm's bar, on by default
     seed0 = H.train(net(), data, 1, seed=0, hp=FAST, progress=False)
+    assert capsys.readouterr().err == ""  # and none when asked for none
     assert [e["train_loss"] for e in by_default] == [e["train_loss"] for e in seed0]
 
 
