@@ -4,11 +4,15 @@ input can tell them from the original, each with its reason), and the score amon
     python scripts/mutation_score.py --run    # mutmut run on the core's functions: hours on 2 cores, resumable
     python scripts/mutation_score.py          # the score, from mutmut's saved results
 
+mutmut keeps its results in mutants/*.meta, on one machine. The score also copies them to scripts/mutmut_results/,
+which is committed, and `--run` starts from there when mutants/ has none: a run goes on where another machine left it.
+
 The core is what the science rests on: pruning, the resets, the training loop, the lottery-ticket procedure, a
 run's identity and the seed-range verdict. mutmut's configuration (files, test selection) is in pyproject.toml."""
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -39,6 +43,17 @@ EQUIVALENT: dict[str, str] = {  # mutant -> why no input can tell it from the or
 }
 
 
+RESULTS = ["helpers.py.meta", "lth/identity.py.meta", "lth/report.py.meta"]  # mutmut's results, a file per module
+SAVED = Path(__file__).parent / "mutmut_results"
+
+
+def copy_results(src: Path, dst: Path, only_missing: bool) -> None:
+    for name in RESULTS:
+        if (src / name).exists() and not (only_missing and (dst / name).exists()):
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src / name, dst / name)
+
+
 def patterns() -> list[str]:
     return [f"{module}.{name if name.startswith('xǁ') else 'x_' + name}__mutmut_*"
             for module, names in CORE.items() for name in names]
@@ -60,11 +75,13 @@ def main() -> int:
         # one mutant first: mutmut regenerates the mutants of changed functions and forgets their results, and
         # (without its saved stats) traces which tests reach which function again, tests added since included; then
         # every core mutant without a result, the survivors, and the timeouts (a hang may have been the harness's)
+        copy_results(SAVED, Path("mutants"), only_missing=True)
         Path("mutants/mutmut-stats.json").unlink(missing_ok=True)
         subprocess.run(["mutmut", "run", "lth.report.x_verdict__mutmut_1"], check=True, env=env)
         todo = [k for k, v in results().items() if core.fullmatch(k) and v in ("not checked", "survived", "timeout")]
         if todo:
             subprocess.run(["mutmut", "run", *todo], check=True, env=env)
+    copy_results(Path("mutants"), SAVED, only_missing=False)
     status = {k: v for k, v in results().items() if core.fullmatch(k)}
     counts = Counter(status.values())
     survivors = sorted(k for k, v in status.items() if v != "killed")
