@@ -179,6 +179,6 @@ def test_the_optimiser_is_nesterov_sgd_with_the_momentum_and_weight_decay_asked(
 def test_the_progress_bar_counts_every_step_of_the_phase_and_goes_when_it_ends(data, monkeypatch):
     bars, tqdm = [], H.tqdm
     monkeypatch.setattr(H, "tqdm", lambda *a, **k: bars.append(tqdm(*a, **k)) or bars[-1])
-    H.train(net(), data, 2, hp=FAST, progress=False)
+    H.train(net(), data, 2, hp=FAST)
     (bar,) = bars
-    assert (bar.total, bar.leave) == (2 * len(data.x_train) // FAST.batch_size, False)
+    assert (bar.total, bar.unit, bar.leave) == (2 * len(data.x_train) // FAST.batch_size, "step", False)
