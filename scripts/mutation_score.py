@@ -30,6 +30,8 @@ CORE = {
 TOPK_ORDER = "topk's `sorted` orders the indices it returns; the mask they set is the same set either way"
 BROADCAST = "a (3, 1, 1) view broadcasts over an NCHW batch exactly as (1, 3, 1, 1) does"
 MOVED_AGAIN = "train() moves the model and the data to its device itself, so a move left out before it changes nothing"
+ZERO_GRAD = ("zero_grad zeroes the gradients in place instead of freeing them; every parameter gets a gradient each "
+             "step, and 0 + g is g, so the step is the same (only memory differs)")
 EQUIVALENT: dict[str, str] = {  # mutant -> why no input can tell it from the original
     "helpers.x_keep_top__mutmut_18": TOPK_ORDER,
     "helpers.x_keep_top__mutmut_19": TOPK_ORDER,
@@ -39,6 +41,8 @@ EQUIVALENT: dict[str, str] = {  # mutant -> why no input can tell it from the or
     "helpers.x_lottery_ticket__mutmut_35": MOVED_AGAIN,
     "helpers.x_prune_and_reset__mutmut_42": "load_state_dict copies θ0 into the model's own tensors wherever θ0 lies",
     "helpers.x_warmup_then_decay__mutmut_13": "at step == peak both branches of the schedule give exactly 1",
+    "helpers.x_train__mutmut_140": ZERO_GRAD,
+    "helpers.x_train__mutmut_141": ZERO_GRAD,
     "helpers.x_augment__mutmut_53": "a float32 uniform draw is exactly 0.5 with probability 2^-24: < and <= agree",
 }
 

@@ -140,7 +140,7 @@ def test_the_precision_asked_is_the_precision_trained_in(data):
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32"])
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")  # fp16's first steps overflow, skipped
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # fp16's first steps overflow, skipped
 def test_only_fp16_training_scales_its_loss(precision, data, monkeypatch):
     scalers, scaler = [], torch.amp.GradScaler
     monkeypatch.setattr(torch.amp, "GradScaler", lambda *a, **k: scalers.append(scaler(*a, **k)) or scalers[-1])
@@ -182,3 +182,43 @@ def test_the_progress_bar_counts_every_step_of_the_phase_and_goes_when_it_ends(d
     H.train(net(), data, 2, hp=FAST)
     (bar,) = bars
     assert (bar.total, bar.unit, bar.leave) == (2 * len(data.x_train) // FAST.batch_size, "step", False)
+
+
+def test_an_epoch_trains_on_every_image_once_in_batches_of_the_size_asked(data, monkeypatch):
+    batches, augment = [], H.augment
+    monkeypatch.setattr(H, "augment", lambda x, gen, **k: batches.append(x) or augment(x, gen, **k))
+    H.train(net(), data, 2, hp=FAST, progress=False)
+    images = data.x_train.flatten(1)
+    seen = [int((images == row).all(1).nonzero()) for batch in batches for row in batch.flatten(1)]
+    n = len(images)
+    assert {len(b) for b in batches} == {FAST.batch_size} and len(seen) == 2 * n
+    assert sorted(seen[:n]) == sorted(seen[n:]) == list(range(n)) and seen[:n] != seen[n:]  # reshuffled each epoch
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # fp16's first steps overflow, skipped
+def test_training_and_validation_run_in_the_precision_and_memory_format_asked(precision, channels_last, data):
+    model, calls = net(), []
+    model.register_forward_hook(lambda m, args, out: calls.append(
+        (m.training, args[0].is_contiguous(memory_format=torch.channels_last), args[0].is_contiguous(), out.dtype)))
+    H.train(model, data, 1, hp=replace(FAST, precision=precision, channels_last=channels_last), progress=False)
+    dtype = H.AUTOCAST[precision] or torch.float32
+    steps = len(data.x_train) // FAST.batch_size
+    assert [c[0] for c in calls] == [True] * steps + [False]  # the test set is one evaluation batch
+    assert set(c[1:] for c in calls) == {(channels_last, not channels_last, dtype)}
+
+
+def test_the_training_loss_is_label_smoothed_as_asked_and_reported_as_the_epochs_mean(data, monkeypatch):
+    losses, cross_entropy = [], H.F.cross_entropy
+
+    def spy(logits, target, **kw):
+        loss = cross_entropy(logits, target, **kw)
+        losses.append((loss.detach(), cross_entropy(logits.detach(), target, label_smoothing=0.3)))
+        return loss
+    monkeypatch.setattr(H.F, "cross_entropy", spy)
+    history = H.train(net(), data, 2, hp=replace(FAST, label_smoothing=0.3, precision="fp32"), progress=False)
+    assert all(torch.equal(used, smoothed) for used, smoothed in losses)
+    steps = len(losses) // 2
+    for epoch, batch_losses in zip(history, (losses[:steps], losses[steps:])):
+        assert epoch["train_loss"] == pytest.approx(sum(float(used) for used, _ in batch_losses) / steps, rel=1e-6)
