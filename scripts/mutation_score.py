@@ -32,6 +32,7 @@ BROADCAST = "a (3, 1, 1) view broadcasts over an NCHW batch exactly as (1, 3, 1,
 MOVED_AGAIN = "train() moves the model and the data to its device itself, so a move left out before it changes nothing"
 ZERO_GRAD = ("zero_grad zeroes the gradients in place instead of freeing them; every parameter gets a gradient each "
              "step, and 0 + g is g, so the step is the same (only memory differs)")
+RANDINT_LOW = "torch.randint(high, size) is torch.randint(0, high, size): the same draws from the same generator"
 EQUIVALENT: dict[str, str] = {  # mutant -> why no input can tell it from the original
     "helpers.x_keep_top__mutmut_18": TOPK_ORDER,
     "helpers.x_keep_top__mutmut_19": TOPK_ORDER,
@@ -43,6 +44,8 @@ EQUIVALENT: dict[str, str] = {  # mutant -> why no input can tell it from the or
     "helpers.x_warmup_then_decay__mutmut_13": "at step == peak both branches of the schedule give exactly 1",
     "helpers.x_train__mutmut_140": ZERO_GRAD,
     "helpers.x_train__mutmut_141": ZERO_GRAD,
+    "helpers.x_augment__mutmut_15": RANDINT_LOW,
+    "helpers.x_augment__mutmut_32": RANDINT_LOW,
     "helpers.x_augment__mutmut_53": "a float32 uniform draw is exactly 0.5 with probability 2^-24: < and <= agree",
 }
 
@@ -53,6 +56,7 @@ EQUIVALENT: dict[str, str] = {  # mutant -> why no input can tell it from the or
 DEVICE_ONLY = {f"helpers.x_{name}" for name in [
     "keep_top__mutmut_10", "keep_top__mutmut_13", "prune_and_reset__mutmut_1", "prune_and_reset__mutmut_5",
     "prune_and_reset__mutmut_13", "lottery_ticket__mutmut_99", "lottery_ticket__mutmut_114",
+    *(f"augment__mutmut_{n}" for n in (3, 13, 18, 30, 35, 46)),
     *(f"train__mutmut_{n}" for n in (7, 8, 9, 10, 12, 19, 26, 34, 100, 102, 105, 108))]}
 
 RESULTS = ["helpers.py.meta", "lth/identity.py.meta", "lth/report.py.meta"]  # mutmut's results, a file per module

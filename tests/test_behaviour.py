@@ -275,12 +275,13 @@ def test_a_ticket_run_without_the_masks_of_every_round_is_refused(data, ticket):
     assert str(e.value) == "strategy='ticket' needs `ticket`: a finished lottery run's masks for rounds 1-2."
 
 
-def test_augmentation_crops_at_most_four_pixels_away():
+def test_augmentation_crops_at_every_offset_up_to_four_pixels_each_way():
     x = torch.zeros(4000, 3, 32, 32, dtype=torch.uint8)
-    x[:, :, 10, 12] = 255
+    x[:, :, 10, 5] = 255  # column 5: 1-9 once cropped, 22-30 once flipped
     bright = H.augment(x, torch.Generator().manual_seed(0))[:, 0].flatten(1).argmax(1)
-    shift = bright // 32 - 10  # rows: flips move columns only
-    assert shift.min() == -4 and shift.max() == 4
+    row, column = bright // 32, bright % 32
+    column = torch.where(column >= 22, 31 - column, column)  # flipped back
+    assert set((row - 10).tolist()) == set((column - 5).tolist()) == set(range(-4, 5))
 
 
 def test_a_resumed_reinit_run_draws_what_an_uninterrupted_one_drew(data):
