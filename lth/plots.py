@@ -44,9 +44,14 @@ def level(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def seeds_note(table, bars: str = "band") -> str:
-    n = table["seed"].nunique()
-    return "1 seed" if n == 1 else f"mean of {n} seeds; {bars}: min-max over the seeds"
+def seeds_note(table, by: list[str], bars: str = "band") -> str:
+    """How many seeds each point (a group of `by`) averages: points of one figure may have different counts."""
+    counts = table.groupby(by)["seed"].nunique()
+    lo, hi = counts.min(), counts.max()
+    if hi == 1:
+        return "1 seed"
+    counted = f"mean of {lo}-{hi} seeds a point" if lo < hi else f"mean of {hi} seeds"
+    return f"{counted}; {bars}: min-max over the seeds"
 
 
 def outside_legend(ax, title: str | None = None) -> None:
@@ -83,7 +88,8 @@ def plot_curves(history, hue: str, title: str, ax=None, baseline=None, palette: 
     if baseline is not None and len(baseline):
         sns.lineplot(data=baseline, x="cum_epoch", y="val_acc", color="black", dashes=(6, 3), lw=1.2,
                      errorbar=seed_range, label="dense baseline", ax=ax)
-    ax.set(xlabel=words("cum_epoch"), ylabel=words("val_acc"), title=f"{title}\n{seeds_note(history)}")
+    note = seeds_note(history, [c for c in (hue, style) if c])
+    ax.set(xlabel=words("cum_epoch"), ylabel=words("val_acc"), title=f"{title}\n{note}")
     outside_legend(ax)
     caveat(ax, history)
     return ax
@@ -101,7 +107,8 @@ def plot_final(table, x: str, hue: str, title: str, ax=None, references: dict[st
                  err_kws={"capsize": 4}, ax=ax)
     for (label, acc), ls in zip((references or {}).items(), ("--", ":", "-.")):
         ax.axhline(acc, color="black", ls=ls, lw=1.2, label=f"{label} ({acc:.2%})")
-    ax.set(xlabel=words(x), ylabel=words("final_val_acc"), title=f"{title}\n{seeds_note(table, 'bars')}")
+    note = seeds_note(table, [x, hue], "bars")
+    ax.set(xlabel=words(x), ylabel=words("final_val_acc"), title=f"{title}\n{note}")
     outside_legend(ax, words(hue))
     caveat(ax, table)
     return ax
@@ -123,7 +130,7 @@ def plot_rounds_vs_epochs(table, ax=None):
     schedules = table.groupby("rounds").epochs.first()
     ax.set_xticks(list(schedules.index), labels=[f"{r} × {e}" for r, e in schedules.items()])
     ax.set(xlabel="rounds R × epochs a round E", ylabel=words("val_acc"),
-           title=f"Rounds against epochs at 50% sparsity\n{seeds_note(table, 'bars')}")
+           title=f"Rounds against epochs at 50% sparsity\n{seeds_note(table, ['rounds'], 'bars')}")
     outside_legend(ax, "")
     caveat(ax, table)
     return ax

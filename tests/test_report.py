@@ -117,3 +117,15 @@ def test_the_classic_curves_controls_are_judged_level_by_level_against_the_seed_
             "phase 0, seed by seed: never / never of the weights left against never / never (within the seed range: "
             "the ranges overlap).") in text
     assert labels(records[-1])["arm"] == "late rewinding to epoch 1"
+
+
+def test_a_figure_whose_points_average_different_numbers_of_seeds_says_so():
+    import pandas as pd
+    runs = [(1, 30, seed) for seed in (0, 1, 2)] + [(5, 6, 0)]
+    table = pd.DataFrame([{"rounds": r, "epochs": e, "seed": s, "final_val_acc": 0.8 + s / 100,
+                           "phase0_val_acc": 0.75} for r, e, s in runs])
+    title = plots.plot_rounds_vs_epochs(table).get_title()
+    assert title.endswith("mean of 1-3 seeds a point; bars: min-max over the seeds")
+    assert plots.plot_rounds_vs_epochs(table[table.rounds == 1]).get_title().endswith("mean of 3 seeds; bars: "
+                                                                                     "min-max over the seeds")
+    assert plots.plot_rounds_vs_epochs(table[table.rounds == 5]).get_title().endswith("\n1 seed")
