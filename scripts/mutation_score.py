@@ -96,8 +96,8 @@ def main() -> int:
         copy_results(SAVED, Path("mutants"), only_missing=True)
         Path("mutants/mutmut-stats.json").unlink(missing_ok=True)
         subprocess.run(["mutmut", "run", "lth.report.x_verdict__mutmut_1"], check=True, env=env)
-        gpu = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                             capture_output=True, text=True).stdout.strip() == "True"
+        import torch
+        gpu = torch.cuda.is_available()
         retry = lambda k, v: v == "timeout" or v == "survived" and (gpu or k not in DEVICE_ONLY)
         todo = [k for k, v in results().items()
                 if core.fullmatch(k) and (v == "not checked" or k not in EQUIVALENT and retry(k, v))]
