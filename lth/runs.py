@@ -13,7 +13,6 @@ import helpers as H
 from lth import precision, store
 from lth.data import describe_data, load_data
 from lth.identity import (
-    ResultMismatch,
     check_identity,
     checkpoint_identity,
     phase0_file_identity,
@@ -124,7 +123,8 @@ def load_or_train_phase0(spec: RunSpec, data: H.Data, dev: torch.device, results
     """The reset point (θ0, or the weights after `spec.rewind_epoch` epochs), the weights after phase 0 and its
     history: loaded when another arm already trained it. A phase 0 is named by its identity, so a run with other
     settings trains one of its own and never replaces a shared one. A rewind point not saved yet is taken by
-    replaying the saved phase 0, which must end on its saved weights exactly."""
+    replaying the saved phase 0; a replay that leaves its path (phase 0 made on another machine) is kept whole beside
+    the rewind point, so the run prunes by the weights its rewind point led to."""
     path = store.phase0_path(results_dir, spec, hp, data.source)
     point = store.rewind_point_path(results_dir, spec, hp, data.source)
     asked = phase0_identity(spec, hp, data.source)
@@ -134,6 +134,9 @@ def load_or_train_phase0(spec: RunSpec, data: H.Data, dev: torch.device, results
                         if saved is not None and spec.rewind_epoch else None)
         if saved is not None and (not spec.rewind_epoch or rewind_point is not None):
             say(f"{spec.name}: phase 0 loaded from {path.name}")
+            if rewind_point and "phase0" in rewind_point:
+                own = rewind_point["phase0"]
+                return rewind_point["state"], own["state"], own["history"]
             reset_point = rewind_point["state"] if rewind_point else store.load_theta0(results_dir, spec)
             return reset_point, saved["state"], saved["history"]
         if saved is not None:
@@ -142,16 +145,18 @@ def load_or_train_phase0(spec: RunSpec, data: H.Data, dev: torch.device, results
         trained = []
 
         def keep(theta0: dict, reset_point: dict, state: dict, history: list[dict]) -> None:
-            if saved is not None:
-                check_replay(path, saved["state"], state)
+            on_saved_path = saved is not None and replayed_exactly(path, saved["state"], state, spec.name, say)
+            if on_saved_path:
                 history = saved["history"]
             for e in history:
                 e.setdefault("device", device_name or precision.describe_device(dev, hp.precision))
             if not store.theta0_path(results_dir, spec).exists():
                 store.save_atomic(store.to_cpu(theta0), store.theta0_path(results_dir, spec))
             if spec.rewind_epoch:
+                own = {} if saved is None or on_saved_path else {
+                    "phase0": {"state": store.to_cpu(state), "history": history}}
                 store.save_atomic({"identity": asked, "epoch": spec.rewind_epoch,
-                                   "state": store.to_cpu(reset_point)}, point)
+                                   "state": store.to_cpu(reset_point), **own}, point)
             if saved is None:
                 store.save_atomic({"identity": asked, "state": store.to_cpu(state), "history": history}, path)
             trained.append((reset_point, state, history))
@@ -170,15 +175,16 @@ def read_phase0_file(path: Path, asked: dict, say: Callable, otherwise: str) -> 
     return saved
 
 
-def check_replay(path: Path, saved: dict, replayed: dict) -> None:
-    """A replayed phase 0 must end where the saved one did, or its rewind point would lie on another path."""
+def replayed_exactly(path: Path, saved: dict, replayed: dict, name: str, say: Callable) -> bool:
+    """Whether a replayed phase 0 ended where the saved one did; if not, says by how much and what follows."""
     differ = [k for k in saved if not torch.equal(saved[k], replayed[k].to(saved[k].device))]
     if differ:
         worst = max((saved[k].float() - replayed[k].float().cpu()).abs().max().item() for k in differ)
-        raise ResultMismatch(f"replaying {path} here did not end on its saved weights ({len(differ)} tensors differ, "
-                             f"by up to {worst:.3g}: another device, thread count or library version), so the weights "
-                             "at its rewind point cannot be taken from it. Run the late-rewinding arm in a results "
-                             "folder of its own (results_dir), where its phase 0 is trained with the rewind point.")
+        say(f"{name}: replaying {path.name} here did not end on its saved weights ({len(differ)} tensors differ, "
+            f"by up to {worst:.3g}: another device, thread count or library version). The run prunes by the "
+            "replay's own weights, kept beside its rewind point, so mask and rewind point come from one phase 0; "
+            f"{path.name} is left as it is.")
+    return not differ
 
 
 def first_epoch_eta(epochs: int, say: Callable) -> Callable[[dict], None]:

@@ -321,9 +321,12 @@ def load_phase0(results_dir: Path | str, record: dict) -> dict:
     except Exception as e:
         raise DamagedFile(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}). Restore it "
                           "(`git checkout -- PATH` if it is committed), or delete it to train it again.") from None
-    spec = RunSpec(**record["params"])
-    check_identity(path, phase0_file_identity(saved, path),
-                   phase0_identity(spec, H.HParams(**record["hparams"]), record["data"]))
+    spec, hp = RunSpec(**record["params"]), H.HParams(**record["hparams"])
+    check_identity(path, phase0_file_identity(saved, path), phase0_identity(spec, hp, record["data"]))
+    point = rewind_point_path(results_dir, spec, hp, record["data"]) if spec.rewind_epoch else None
+    if point and point.exists():  # a replay that left the saved phase 0's path is the run's own phase 0
+        own = torch.load(point, map_location="cpu").get("phase0")
+        return {**saved, **own} if own else saved
     return saved
 
 def load_theta0(results_dir: Path | str, spec: RunSpec) -> dict[str, torch.Tensor]:
