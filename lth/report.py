@@ -263,10 +263,16 @@ def classic_curve(records: list[dict], model: dict | None = None):
     return pd.DataFrame(rows, columns=["experiment", "arm", "seed", "round", "remaining (%)", "val_acc"])
 
 
+def phase0_by_seed(curve, experiment: str):
+    """An arm's dense phase 0 accuracy per seed. The arms of a seed share it, except a late-rewinding run whose replay
+    of phase 0 left the saved one's path (made on another machine) and kept its own."""
+    return curve[(curve.experiment == experiment) & (curve["round"] == 0)].groupby("seed").val_acc.first()
+
+
 def first_drops(curve, experiment: str) -> list[float]:
-    """Per seed, the % of weights left where an arm first falls more than 2 points below its seed's dense phase 0
+    """Per seed, the % of weights left where an arm first falls more than 2 points below its own dense phase 0
     (0 when it never does: further than any level); empty when the arm is not on the curve."""
-    phase0 = curve[curve["round"] == 0].groupby("seed").val_acc.first()
+    phase0 = phase0_by_seed(curve, experiment)
     out = []
     for seed, rows in curve[(curve.experiment == experiment) & (curve["round"] > 0)].groupby("seed"):
         below = rows[rows.val_acc < phase0[seed] - 0.02]
@@ -282,15 +288,15 @@ def classic_findings(records: list[dict], model: dict) -> list[str]:
     curve = classic_curve(records, model)
     if curve.empty:
         return []
-    phase0 = curve[curve["round"] == 0].groupby("seed").val_acc.first()  # the arms of a seed share their phase 0
-    out = [f"Classic curve (20% of the survivors pruned a round, {CLASSIC['epochs']} epochs a round): dense phase 0 "
-           f"{spread(list(phase0))}."]
     pruned = curve[curve["round"] > 0]
-    for arm in [a for a in ARMS if a in set(pruned.experiment)]:  # in the order of the table of arms
+    arms = [a for a in ARMS if a in set(pruned.experiment)]  # in the order of the table of arms
+    out = [f"Classic curve (20% of the survivors pruned a round, {CLASSIC['epochs']} epochs a round): dense phase 0 "
+           f"{spread(list(phase0_by_seed(curve, arms[0])))}."]
+    for arm in arms:
         rows = pruned[pruned.experiment == arm]
-        # each arm against the phase 0 of its own seeds, so that an arm with fewer seeds is not read against others'
+        # each arm against its own seeds' phase 0, so that an arm with fewer seeds is not read against others'
         seeds = sorted(rows.seed.unique())
-        dense = phase0[seeds].mean()
+        dense = phase0_by_seed(curve, arm)[seeds].mean()
         mean = rows.groupby("round").agg(val_acc=("val_acc", "mean"), remaining=("remaining (%)", "mean"))
         below, best = mean[mean.val_acc < dense - 0.02].head(1), mean.loc[mean.val_acc.idxmax()]
         who = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of seeds {', '.join(map(str, seeds))}"

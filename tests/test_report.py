@@ -12,7 +12,7 @@ from conftest import fake_record
 from lth import plots
 from lth.explore import view_final
 from lth.readme import results_markdown
-from lth.report import QUICK_CAVEAT, findings, labels, reading, runs_table, study_markdown
+from lth.report import QUICK_CAVEAT, classic_curve, findings, first_drops, labels, reading, runs_table, study_markdown
 from lth.spec import ARMS, CLASSIC, RunSpec
 
 matplotlib.use("Agg")
@@ -129,3 +129,18 @@ def test_a_figure_whose_points_average_different_numbers_of_seeds_says_so():
     assert plots.plot_rounds_vs_epochs(table[table.rounds == 1]).get_title().endswith("mean of 3 seeds; bars: "
                                                                                      "min-max over the seeds")
     assert plots.plot_rounds_vs_epochs(table[table.rounds == 5]).get_title().endswith("\n1 seed")
+
+
+def test_a_late_rewinding_run_with_a_phase0_of_its_own_is_judged_against_it():
+    """A replay of phase 0 made elsewhere keeps its own phase 0 (docs/results.md): the arm's drop below the dense
+    network is read against that, and the shared one stays the figure's reference."""
+    arm = lambda e, accs, phase0: [fake_record(e, a, phase0=p, seed=s, **CLASSIC)
+                                   for s, (a, p) in enumerate(zip(accs, phase0))]
+    records = arm("lottery", (0.80, 0.80), (0.75, 0.75)) + arm("late_rewind", (0.72, 0.72), (0.75, 0.70))
+    curve = classic_curve(records, {})
+    assert first_drops(curve, "late_rewind") == [80.0, 0.0]  # seed 1: 72% is not 2 points below its own 70%
+    text = "\n".join(findings(records))
+    assert "dense phase 0 75.00% (range 75.00%-75.00%, 2 seeds)" in text
+    assert "Late rewinding (mean of seeds 0, 1; their phase 0 72.50%)" in text
+    line = plots.plot_classic(curve).get_lines()[-1]
+    assert line.get_ydata()[0] == pytest.approx(0.75)
