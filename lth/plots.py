@@ -151,8 +151,8 @@ def plot_classic(curve, ax=None):
               for a in pruned.arm.unique()}
     sns.lineplot(data=pruned, x="remaining (%)", y="val_acc", hue="arm", style="arm", dashes=dashes, marker="o",
                  errorbar=seed_range, ax=ax)
-    first_arm = next(a for a in ARMS if a in set(curve.experiment))  # its phase 0 is the one the arms share
-    dense = curve[(curve.experiment == first_arm) & (curve["round"] == 0)].groupby("seed").val_acc.first().mean()
+    from lth.report import shared_phase0
+    dense = shared_phase0(curve).mean()
     ax.axhline(dense, color="black", ls=":", lw=1.2, label=f"dense phase 0 ({dense:.2%})")
     ax.set_xscale("log")
     ax.set_xlim(100, 5)

@@ -263,9 +263,16 @@ def classic_curve(records: list[dict], model: dict | None = None):
     return pd.DataFrame(rows, columns=["experiment", "arm", "seed", "round", "remaining (%)", "val_acc"])
 
 
+def shared_phase0(curve):
+    """Per seed, the dense phase 0 the arms of the classic curve share: the first arm's in the table's order. Only a
+    late-rewinding run whose replay of phase 0 left the saved one's path (another machine) has one of its own."""
+    phase0 = curve[curve["round"] == 0]
+    order = phase0.experiment.map({name: i for i, name in enumerate(ARMS)})
+    return phase0.iloc[order.argsort(kind="stable")].groupby("seed").val_acc.first()
+
+
 def phase0_by_seed(curve, experiment: str):
-    """An arm's dense phase 0 accuracy per seed. The arms of a seed share it, except a late-rewinding run whose replay
-    of phase 0 left the saved one's path (made on another machine) and kept its own."""
+    """An arm's own dense phase 0 accuracy per seed: the shared one, but for a replay kept whole (`shared_phase0`)."""
     return curve[(curve.experiment == experiment) & (curve["round"] == 0)].groupby("seed").val_acc.first()
 
 
@@ -291,7 +298,7 @@ def classic_findings(records: list[dict], model: dict) -> list[str]:
     pruned = curve[curve["round"] > 0]
     arms = [a for a in ARMS if a in set(pruned.experiment)]  # in the order of the table of arms
     out = [f"Classic curve (20% of the survivors pruned a round, {CLASSIC['epochs']} epochs a round): dense phase 0 "
-           f"{spread(list(phase0_by_seed(curve, arms[0])))}."]
+           f"{spread(list(shared_phase0(curve)))}."]
     for arm in arms:
         rows = pruned[pruned.experiment == arm]
         # each arm against its own seeds' phase 0, so that an arm with fewer seeds is not read against others'
