@@ -341,5 +341,6 @@ def reading(record: dict, results_dir: Path | str) -> str:
     for other in records:
         if other["experiment"] in pruned_arms() and other["experiment"] != record["experiment"] \
                 and same_model(other) and all(other["params"][k] == p[k] for k in ("sparsity", "rounds", "epochs")):
-            text += f"; {other['experiment']} at the same sparsity and schedule: {other['final_val_acc']:.2%}"
+            label = ARMS[other["experiment"]].label
+            text += f"; {label} at the same sparsity and schedule: {other['final_val_acc']:.2%}"
     return text + "."

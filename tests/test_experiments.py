@@ -113,7 +113,7 @@ def test_reading_compares_with_the_dense_baseline_and_the_other_arms(tmp_path):
     text = reading(record("lottery", 0.84, sparsity=0.5), tmp_path)
     assert text == ("lottery_p0.5_R5_E5_magnitude_rewind_bn1_do0_seed0: 84.00% validation accuracy at sparsity 50.0%, "
                     "-1.00 points against the dense 25-epoch baseline (85.00%), +9.00 points against its dense phase 0 "
-                    "(5 epochs: 75.00%); random at the same sparsity and schedule: 79.00%.")
+                    "(5 epochs: 75.00%); random pruning at the same sparsity and schedule: 79.00%.")
 
 
 def test_bad_run_parameters_name_the_parameter():
