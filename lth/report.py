@@ -295,11 +295,10 @@ def classic_findings(records: list[dict], model: dict) -> list[str]:
     curve = classic_curve(records, model)
     if curve.empty:
         return []
-    pruned = curve[curve["round"] > 0]
-    arms = [a for a in ARMS if a in set(pruned.experiment)]  # in the order of the table of arms
     out = [f"Classic curve (20% of the survivors pruned a round, {CLASSIC['epochs']} epochs a round): dense phase 0 "
            f"{spread(list(shared_phase0(curve)))}."]
-    for arm in arms:
+    pruned = curve[curve["round"] > 0]
+    for arm in [a for a in ARMS if a in set(pruned.experiment)]:  # in the order of the table of arms
         rows = pruned[pruned.experiment == arm]
         # each arm against its own seeds' phase 0, so that an arm with fewer seeds is not read against others'
         seeds = sorted(rows.seed.unique())
