@@ -235,3 +235,20 @@ def test_the_readme_results_are_rewritten_between_their_markers(tmp_path, monkey
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro\n") and text.endswith("outro\n")
     assert "| lottery ticket p=0.5 R=5 E=5 | 80.00% | 1 | 75.00% | 0.5000 |" in text
+
+
+def test_the_cluster_names_the_inputs_of_every_job_of_the_plan(data, tmp_path):
+    """Ray asks each job for the files it needs: only a ticket-mask run names a lottery run's masks (a baseline,
+    rounds=0, has no lottery run to name, and asking for one aborted the whole schedule)."""
+    from lth import store
+    from lth.batch import Study, jobs
+    from lth.cluster import inputs_of
+    study = Study(tmp_path, data, FAST)
+    specs = [job.spec for job in jobs(seeds=1, quick=True) if job.spec]
+    assert {s.experiment for s in specs} == set(ARMS)
+    ticket = next(s for s in specs if s.strategy == "ticket").ticket_source
+    masks = store.masks_path(tmp_path, ticket)
+    masks.parent.mkdir(parents=True)
+    masks.write_bytes(b"masks")
+    for spec in specs:
+        assert (masks in inputs_of(study, spec)) == (spec.strategy == "ticket")

@@ -15,11 +15,23 @@ import pytest
 
 import helpers as H
 from conftest import comparable, run_all
+from lth.spec import ARMS, CLASSIC, RunSpec
 
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
 pytestmark = pytest.mark.slow  # Ray clusters and whole studies
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a throwaway local cluster: no token needed
 ONLY = ["--only", "02_lottery_sweep:rounds=5", "05_random_reinit:rounds=5"]  # six runs sharing one phase 0
+
+
+def one_run_of_every_arm() -> list[str]:
+    """An --only that keeps one run of each arm: its classic curve where it has one (the ticket-mask arm needs the
+    lottery run's), else its first parameter set."""
+    keep = []
+    for name, arm in ARMS.items():
+        params = CLASSIC if CLASSIC in arm.plan else arm.plan[0]
+        spec = RunSpec.of(name, quick=True, **params)
+        keep.append(f"{arm.notebook}:" + ",".join(f"{k}={getattr(spec, k)}" for k in params))
+    return ["--only", *keep]
 
 
 def outputs(results: Path) -> str:
@@ -56,6 +68,16 @@ def test_workers_give_the_records_of_the_sequential_runner_with_phase0_trained_o
     text = outputs(tmp_path / "results")
     assert text.count("phase 0 loaded from bn1_do0_E1_seed0_") == 6 and "epochs dense)" not in text
     assert len((tmp_path / "results" / "timing.csv").read_text().splitlines()) == 1 + 6
+
+
+def test_workers_run_every_arm_of_the_plan_as_the_sequential_runner_does(quick_study, tmp_path):
+    common, sequential, _ = quick_study
+    out = run_all(*common, "--results-dir", str(tmp_path / "results"), "--workers", "2", *one_run_of_every_arm(),
+                  env=ENV, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    parallel = comparable(tmp_path / "results")
+    assert {r["experiment"] for r in parallel.values()} == set(ARMS)
+    assert all(parallel[name] == comparable(sequential)[name] for name in parallel)
 
 
 def free_port() -> int:
