@@ -173,15 +173,26 @@ class CNN(nn.Module):
         return self.classifier(self.dropout(self.features(x)))
 
 
+# The models a run can name (`model="cnn"`): name -> a class or function taking batchnorm, dropout, num_classes.
+# models/ holds one file per other model, each adding itself here: MODELS["mine"] = Mine (docs/models.md).
+MODELS: dict[str, Callable[..., nn.Module]] = {"cnn": CNN}
+
+
 def init_weight(weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """He-uniform initialisation for ReLU networks; the same call draws the re-init control's fresh values."""
     return nn.init.kaiming_uniform_(weight, nonlinearity="relu", generator=generator)
 
 
-def build_model(seed: int, batchnorm: bool = True, dropout: float = 0.0) -> CNN:
+def build_model(seed: int, batchnorm: bool = True, dropout: float = 0.0, model: str = "cnn") -> nn.Module:
     """The initial network θ0 of a run: a function of the model and the seed alone."""
+    if model not in MODELS:
+        raise ValueError(f"model={model!r} is not registered; registered: {', '.join(map(repr, MODELS))}. Add "
+                         "yours: helpers.MODELS[NAME] = YourModule, in a notebook cell or a file in models/.")
     torch.manual_seed(seed)
-    return CNN(batchnorm=batchnorm, dropout=dropout)
+    net = MODELS[model](batchnorm=batchnorm, dropout=dropout, num_classes=10)
+    if not prunable_weights(net):
+        raise ValueError(f"model={model!r} has no Conv2d or Linear layer: there is no weight to prune.")
+    return net
 
 
 # ----------------------------------------------------------------------------- pruning
@@ -448,7 +459,7 @@ def annotate(epochs: list[dict], phase: str, round_: int, cum_start: int, masks:
 
 def lottery_ticket(data: Data, sparsity: float, rounds: int, epochs: int, strategy: str = "magnitude",
                    reset: str = "rewind", scope: str = "layer", batchnorm: bool = True, dropout: float = 0.0,
-                   seed: int = 0, rewind_epoch: int = 0, hp: HParams = HParams(),
+                   seed: int = 0, rewind_epoch: int = 0, model: str = "cnn", hp: HParams = HParams(),
                    device: str | torch.device | None = None, ticket: dict[int, Masks] | None = None,
                    phase0: tuple[dict, dict, list[dict]] | None = None, resume: dict | None = None,
                    on_phase0: Callable | None = None, on_round: Callable | None = None,
@@ -456,7 +467,8 @@ def lottery_ticket(data: Data, sparsity: float, rounds: int, epochs: int, strate
     """Phase 0 trains the dense network from θ0 for `epochs`; each of `rounds` rounds then prunes to the schedule's
     sparsity (`strategy`: magnitude finds the ticket, random is the control, ticket takes a lottery run's masks
     `ticket[r]`), resets the survivors (`reset`: rewind to θ0, or to phase 0 after `rewind_epoch` epochs; reinit:
-    fresh draws) and trains `epochs` more. rounds=0 is the dense network alone.
+    fresh draws) and trains `epochs` more. rounds=0 is the dense network alone. `model` names a registered network
+    (`MODELS`), built with `batchnorm` and `dropout`.
 
     No file is read or written here; a caller that saves checkpoints passes:
       phase0 = (reset point, state, history) of a phase 0 trained before (it is not trained again);
@@ -468,33 +480,33 @@ def lottery_ticket(data: Data, sparsity: float, rounds: int, epochs: int, strate
     if strategy == "ticket" and not set(range(1, rounds + 1)) <= set(ticket or {}):
         raise ValueError(f"strategy='ticket' needs `ticket`: a finished lottery run's masks for rounds 1-{rounds}.")
     if phase0 is None:
-        model = build_model(seed, batchnorm, dropout).to(dev)
-        theta0 = reset_point = snapshot(model)
+        net = build_model(seed, batchnorm, dropout, model).to(dev)
+        theta0 = reset_point = snapshot(net)
 
         def keep_rewind_point(epoch: dict) -> None:
             nonlocal reset_point
             if epoch["epoch"] == rewind_epoch:
-                reset_point = snapshot(model)
+                reset_point = snapshot(net)
             if on_epoch:
                 on_epoch(epoch)
-        epochs_run = train(model, data, epochs, None, phase_seed(seed, 0), dev, hp, desc="dense", progress=progress,
+        epochs_run = train(net, data, epochs, None, phase_seed(seed, 0), dev, hp, desc="dense", progress=progress,
                            on_epoch=keep_rewind_point)
-        phase0 = reset_point, snapshot(model), annotate(epochs_run, "dense", 0, 0, dense_masks(model))
+        phase0 = reset_point, snapshot(net), annotate(epochs_run, "dense", 0, 0, dense_masks(net))
         if on_phase0:
             on_phase0(theta0, *phase0)
     reset_point, state, history = phase0
-    model = build_model(seed, batchnorm, dropout).to(dev)  # phase 0 loaded into a fresh model, resumed or not
-    model.load_state_dict(state)
-    masks = dense_masks(model)
+    net = build_model(seed, batchnorm, dropout, model).to(dev)  # phase 0 loaded into a fresh model, resumed or not
+    net.load_state_dict(state)
+    masks = dense_masks(net)
     if resume is not None:
-        model.load_state_dict(resume["state"])
+        net.load_state_dict(resume["state"])
         masks, history = {k: m.to(dev) for k, m in resume["masks"].items()}, resume["history"]
     for r in range(history[-1]["round"] + 1, rounds + 1):
-        masks = prune_and_reset(model, masks, reset_point, r, sparsity, rounds, strategy, reset, scope, seed,
+        masks = prune_and_reset(net, masks, reset_point, r, sparsity, rounds, strategy, reset, scope, seed,
                                 hp.channels_last, ticket)
-        epochs_run = train(model, data, epochs, masks, phase_seed(seed, r), dev, hp, desc=f"round {r}/{rounds}",
+        epochs_run = train(net, data, epochs, masks, phase_seed(seed, r), dev, hp, desc=f"round {r}/{rounds}",
                            progress=progress, on_epoch=on_epoch)
         history = history + annotate(epochs_run, "pruned", r, history[-1]["cum_epoch"], masks)
         if on_round:
-            on_round(r, model, masks, history)
+            on_round(r, net, masks, history)
     return history, masks

@@ -7,6 +7,7 @@ Resumable: a finished run is skipped, an interrupted one continues from its last
     python run_all.py --only 02_lottery_sweep 06_summary --device cuda
     python run_all.py --quick            # the whole pipeline on a tiny subset, 1 epoch a phase, in results_quick/
     python run_all.py --list             # what would run, and what is done
+    python run_all.py --model conv2      # the same plan on Conv-2 (models/); --set batchnorm=False ...
     python run_all.py --workers 4 --gpus-per-run 0.25      # four runs at once on one GPU, on a local Ray
     python run_all.py --address auto --workers 16          # on a Ray cluster started with `ray start`
 """
@@ -35,6 +36,7 @@ from lth.batch import (
     parameters,
     plan,
     problem,
+    settings,
     short,
     timing_row,
 )
@@ -50,6 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", nargs="+", metavar="NOTEBOOK[:PARAM=VALUE]",
                    help=f"run only these notebooks ({', '.join(plan())}), or only their parameter sets that match, "
                         "e.g. 02_lottery_sweep:rounds=13")
+    p.add_argument("--model", help="run the plan on this registered network (cnn, conv2, conv4, conv6, tiny, or a "
+                                   "file of yours in models/); the same as --set model=NAME")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override the plan's model, batchnorm or dropout in every run, e.g. --set model=conv2 "
+                        "batchnorm=False")
     p.add_argument("--data-dir", help="CIFAR-10 folder or .npz file (default: $CIFAR10_DATA, else ./data)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
     p.add_argument("--precision", default="auto", choices=H.PRECISIONS,
@@ -78,6 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError:
         p.error(f"--only {args.only}: write NOTEBOOK or NOTEBOOK:PARAM=VALUE[,PARAM=VALUE], e.g. "
                 "02_lottery_sweep:rounds=13")
+    try:
+        args.set = settings(args.set + ([f"model={args.model}"] if args.model else []))
+    except ValueError as e:
+        p.error(str(e))
     if args.seeds < 1:
         p.error(f"--seeds {args.seeds}: must be at least 1")
     for name in ("workers", "threads_per_run"):
@@ -105,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run_all.py: error: --workers needs Ray, which is not installed: {RAY_INSTALL}", file=sys.stderr)
             return 2
     try:
-        executions = jobs(args.seeds, args.quick, args.only)
+        executions = jobs(args.seeds, args.quick, args.only, args.set)
         data = load_data(args.data_dir, args.quick)  # once, up front: a bad --data-dir fails here, not per notebook
         results = store.results_root(args.results_dir, args.quick, data.source)
         store.check_folder(results, data.source)

@@ -23,8 +23,9 @@ from lth.identity import (
     non_default,
     record_identity,
     run_identity,
+    run_name,
 )
-from lth.spec import ARMS, RunSpec
+from lth.spec import ARMS, RunSpec, as_bool
 
 NOTEBOOKS = H.ROOT / "notebooks"
 def plan() -> dict[str, tuple[str | None, tuple[dict, ...]]]:
@@ -44,24 +45,44 @@ class Job:
     quick: bool = False
 
 
-def jobs(seeds: int = 1, quick: bool = False, only: list[tuple[str, dict]] | None = None) -> list[Job]:
-    """Every execution in order, for seeds 0..seeds-1, or those that `only` keeps ((notebook, {param: value})); every
-    spec is validated before anything trains. A filter that matches no parameter set is an error that lists the
-    values there are."""
-    out, used = [], set()
+SETTABLE = {"model": str, "batchnorm": lambda v: as_bool("batchnorm", v), "dropout": float}  # every run notebook's
+
+
+def settings(pairs: list[str]) -> dict:
+    """`--set KEY=VALUE` pairs as notebook parameters that override the plan's, e.g. model=conv2."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in SETTABLE:
+            raise ValueError(f"--set {pair}: write KEY=VALUE with KEY one of {', '.join(SETTABLE)} (e.g. "
+                             "--set model=conv2); the other settings are the plan's, and --only selects among them.")
+        try:
+            out[key] = SETTABLE[key](value)
+        except ValueError as e:
+            raise ValueError(f"--set {pair}: {e}") from None
+    return out
+
+
+def jobs(seeds: int = 1, quick: bool = False, only: list[tuple[str, dict]] | None = None,
+         overrides: dict | None = None) -> list[Job]:
+    """Every execution in order, for seeds 0..seeds-1, with `overrides` (--set) on every run, or those that `only`
+    keeps ((notebook, {param: value})); every spec is validated before anything trains. A filter that matches no
+    parameter set is an error that lists the values there are."""
+    out, used, seen = [], set(), set()
     for notebook, (experiment, param_sets) in plan().items():
         for params in param_sets:
             for seed in range(seeds) if experiment else [None]:
-                run_params = {**params, "seed": seed} if experiment else {}
+                run_params = {**params, **(overrides or {}), "seed": seed} if experiment else {}
                 spec = RunSpec.of(experiment, quick=quick, **run_params) if experiment else None
                 hits = {i for i, (nb, where) in enumerate(only or []) if nb == notebook and matches(spec, where)}
                 used |= hits
-                if not only or hits:
+                if (not only or hits) and (spec is None or spec not in seen):  # an override can make two sets one
                     out.append(Job(notebook, run_params, spec, quick))
+                    seen.add(spec)
     for nb, where in [f for i, f in enumerate(only or []) if i not in used]:
         experiment, param_sets = plan()[nb]
-        specs = [RunSpec.of(experiment, quick=quick, **p, seed=s) for p in param_sets for s in
-                 range(seeds)] if experiment else []
+        specs = [RunSpec.of(experiment, quick=quick, **{**p, **(overrides or {})}, seed=s) for p in param_sets
+                 for s in range(seeds)] if experiment else []
         values = "; ".join(f"{k}: {', '.join(sorted({str(getattr(s, k, None)) for s in specs}))}" for k in where)
         raise ValueError(f"--only {nb}:{','.join(f'{k}={v}' for k, v in where.items())} matches no run of the plan"
                          + (f" (with --seeds {seeds}, {nb} has {values})" if specs else
@@ -100,23 +121,24 @@ class Study:
     def status(self, spec: RunSpec) -> str:
         """done, differs (made with other settings), damaged, running (another process), partial or to do. Reads
         only: it works on a read-only folder."""
-        record = store.record_path(self.results, spec)
+        record = store.record_path(self.results, spec, self.hp)
         if record.exists():
             try:
                 same = record_identity(store.read_record(record)) == self.identity(spec)
             except DamagedFile:
                 return "damaged"
             return "done" if same else "differs"
-        if is_locked(self.results, spec.name):
+        if is_locked(self.results, run_name(spec, self.hp)):
             return "running"
-        if not store.checkpoint_path(self.results, spec).exists():
+        ckpt = store.checkpoint_path(self.results, spec, self.hp)
+        if not ckpt.exists():
             return "to do"
         try:
-            saved = torch.load(store.checkpoint_path(self.results, spec), map_location="cpu", mmap=True)
+            saved = torch.load(ckpt, map_location="cpu", mmap=True)
         except Exception:
             return "partial"  # a damaged checkpoint is set aside and the run restarts after its phase 0
         try:
-            same = checkpoint_identity(saved, store.checkpoint_path(self.results, spec)) == self.identity(spec)
+            same = checkpoint_identity(saved, ckpt) == self.identity(spec)
         except DamagedFile:
             return "partial"
         return "partial" if same else "differs"
@@ -131,7 +153,7 @@ class Study:
     def rounds_done(self, spec: RunSpec) -> int:
         """Rounds an interrupted run has finished (its checkpoint), 0 for a run not started or a damaged checkpoint."""
         try:
-            saved = torch.load(store.checkpoint_path(self.results, spec), map_location="cpu", mmap=True)
+            saved = torch.load(store.checkpoint_path(self.results, spec, self.hp), map_location="cpu", mmap=True)
             return saved["history"][-1]["round"]
         except Exception:
             return 0
@@ -243,12 +265,12 @@ def short(e: BaseException) -> str:
 
 def problem(study: Study, spec: RunSpec, state: str) -> str:
     """Why a run is not executed: what differs from the saved record, or which file is damaged, and the fix."""
-    path = store.record_path(study.results, spec)
+    path = store.record_path(study.results, spec, study.hp)
     try:
         if path.exists():
             check_identity(path, record_identity(store.read_record(path)), study.identity(spec))
         else:
-            path = store.checkpoint_path(study.results, spec)
+            path = store.checkpoint_path(study.results, spec, study.hp)
             saved = torch.load(path, map_location="cpu", mmap=True)
             check_identity(path, checkpoint_identity(saved, path), study.identity(spec))
     except (ResultMismatch, DamagedFile) as e:

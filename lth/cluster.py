@@ -122,9 +122,9 @@ def inputs_of(study: Study, spec: RunSpec) -> list[Path]:
     """What a run on another machine needs from results/: its phase 0 and rewind point, its checkpoint if
     interrupted, the masks it trains (a ticket-mask run), the records its notebook's figures read."""
     paths = [*phase0_files(study.results, spec, study.hp, study.data.source),
-             store.checkpoint_path(study.results, spec), study.results / store.MANIFEST]
+             store.checkpoint_path(study.results, spec, study.hp), study.results / store.MANIFEST]
     if spec.strategy == "ticket":  # only a ticket-mask run has a lottery run to name
-        paths.append(store.masks_path(study.results, spec.ticket_source))
+        paths.append(store.masks_path(study.results, spec.ticket_source, study.hp))
     return [p for p in paths if p.exists()] + sorted(study.results.glob("runs/*/*.json"))
 
 

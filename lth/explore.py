@@ -32,13 +32,16 @@ def live(widget, note: str) -> None:
 
 
 def default_choice(records: list[dict], results_dir: Path | str | None = None) -> dict:
-    """What the views show first: the arms `ARMS` marks as shown, at 50% when there are runs there, and the masks
-    of the first seed whose runs saved them (runs made before masks were kept have none to show)."""
+    """What the views show first: the arms `ARMS` marks as shown, at 50% when there are runs there, on the lab's CNN
+    (or the first model with pruned runs), and the masks of the first seed whose runs saved them (runs made before
+    masks were kept have none to show)."""
     pruned = [r for r in records if r["experiment"] in pruned_arms()]
     sparsities = sorted({r["params"]["sparsity"] for r in pruned})
+    labels = [model_label(r["params"]) for r in pruned]
+    study = model_label(RunSpec.of("lottery", sparsity=0.5).__dict__)
     choice = {"arms": [name for name in pruned_arms() if ARMS[name].shown],
               "sparsity": 0.5 if 0.5 in sparsities else "all",
-              "model": model_label(RunSpec.of("lottery", sparsity=0.5).__dict__), "seeds": "mean", "seed": 0}
+              "model": study if study in labels or not labels else sorted(labels)[0], "seeds": "mean", "seed": 0}
     seeds = sorted({r["params"]["seed"] for r in pruned})
     if results_dir is not None:
         choice["seed"] = next((s for s in seeds if "lottery" in runs_with_masks(records, results_dir,
@@ -170,7 +173,7 @@ def view_overlap(records: list[dict], results_dir: Path | str, choice: dict):
                 {k: state[k] for k in final}, r["params"]["sparsity"]))))
     for arm in runs:  # the same arm's ticket across seeds, where several seeds saved masks
         others = [r for r in chosen(records, {**choice, "arms": [arm]}) if r["params"]["seed"] != choice["seed"]
-                  and store.masks_path(results_dir, RunSpec(**r["params"])).exists()]
+                  and store.record_file(results_dir, r, ".masks.npz").exists()]
         for o in others:
             try:
                 m = store.load_masks(results_dir, o)

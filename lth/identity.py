@@ -1,16 +1,30 @@
 """A run's identity: everything that decides its numbers (its RunSpec, its HParams with the precision resolved, its
-data's content). What is saved is reused only for the same identity. Fields at their defaults are left out, as
-open_lth does, so a new field with a default never changes the identity of the runs saved before it."""
+data's content, what its network computes). What is saved is reused only for the same identity. Fields at their
+defaults are left out, as open_lth does, so a new field with a default never changes the identity of the runs saved
+before it; and a run's name carries a short hash of whatever sets it apart from the committed study's settings, so
+another setting or network is another run, saved beside the first."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+import torch
+
 import helpers as H
 from lth.data import data_identity
 from lth.spec import RunSpec
+
+PROBE = (4, 3, 32, 32)  # the fixed batch a network's θ0 is asked about
+DECIMALS = 6  # outputs rounded so that another CPU's last bits (about 1e-14 here) never count, and any edit does
+
+STUDY_HPARAMS = {"precision": "bf16"}  # the committed study's HParams beyond the defaults: its names carry no hash
+STUDY_NETWORKS = {  # what the lab's CNN computed in the committed study, checked against its θ0 files
+    ("cnn", True): {"parameters": "a91f689c563115bd", "outputs": "88190b80ad8c2872"},
+    ("cnn", False): {"parameters": "db4eee8e434cf3af", "outputs": "e7617db99829840b"},
+}
 
 
 class ResultMismatch(RuntimeError):
@@ -24,20 +38,94 @@ def non_default(obj) -> dict:
     return {f.name: getattr(obj, f.name) for f in fields(obj)
             if f.default is MISSING or getattr(obj, f.name) != f.default}
 
-def run_identity(spec: RunSpec, hp: H.HParams, source: dict) -> dict:
-    return {"params": non_default(spec), "hparams": non_default(hp), "data": data_identity(source)}
+def digest(value) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:16]
 
-def saved_identity(params: dict, hparams: dict, data: dict) -> dict:
-    """The identity of what was saved with these params, hparams and data, in any schema they were saved in."""
+def network_fingerprint(model: str, batchnorm: bool, dropout: float) -> dict:
+    """What a network computes: the names and shapes of its parameters and buffers, and the outputs of its θ0 (seed
+    0, float64 on the CPU, eval mode) on a fixed probe batch. Any change to the layers, the forward pass or the
+    initialisation changes it; a comment or a docstring does not."""
+    return fingerprint_of(H.MODELS[model] if model in H.MODELS else model, model, batchnorm, dropout)
+
+@functools.lru_cache(maxsize=64)
+def fingerprint_of(factory, model: str, batchnorm: bool, dropout: float) -> dict:  # once per factory, as registered
+    with torch.random.fork_rng(devices=[]):
+        net = H.build_model(0, batchnorm, dropout, model).double().eval()
+        probe = torch.randn(PROBE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        with torch.no_grad():
+            outputs = net(probe).flatten().tolist()
+    shapes = [[name, list(t.shape)] for name, t in net.state_dict().items()]
+    return {"parameters": digest(shapes), "outputs": digest([round(v, DECIMALS) + 0.0 for v in outputs])}
+
+def network_of(spec: RunSpec) -> dict:
+    return network_fingerprint(spec.model, bool(spec.batchnorm), float(spec.dropout))
+
+def run_identity(spec: RunSpec, hp: H.HParams, source: dict) -> dict:
+    return {"params": non_default(spec), "hparams": non_default(hp), "data": data_identity(source),
+            "network": network_of(spec)}
+
+def saved_identity(params: dict, hparams: dict, data: dict, network: dict | None = None) -> dict:
+    """The identity of what was saved with these params, hparams, data and network, in any schema they were saved in
+    (a file saved before networks were fingerprinted has none, and matches no run)."""
     return {"params": non_default(RunSpec(**params)), "hparams": non_default(H.HParams(**hparams)),
-            "data": data_identity(data)}
+            "data": data_identity(data), "network": network}
 
 def record_identity(record: dict) -> dict:
-    return saved_identity(record["params"], record["hparams"], record["data"])
+    return saved_identity(record["params"], record["hparams"], record["data"], record.get("network"))
 
 def phase0_identity(spec: RunSpec, hp: H.HParams, source: dict) -> dict:
     model = {k: getattr(spec, k) for k in ("batchnorm", "dropout", "epochs", "seed")}
-    return {"model": model, "hparams": non_default(hp), "data": data_identity(source)}
+    model |= {} if spec.model == "cnn" else {"model": spec.model}
+    return {"model": model, "hparams": non_default(hp), "data": data_identity(source), "network": network_of(spec)}
+
+def is_study_network(model: str, batchnorm: bool, network: dict | None) -> bool:
+    return STUDY_NETWORKS.get((model, bool(batchnorm))) == network
+
+def apart(spec: RunSpec, hp: H.HParams, network: dict | None = None) -> dict:
+    """What sets a run apart from the committed study beyond the fields its name spells out: hyper-parameters other
+    than the study's, and a network (today's, unless given) that computes something other than the study's CNN."""
+    out = {k: v for k, v in non_default(hp).items() if STUDY_HPARAMS.get(k) != v}
+    network = network or network_of(spec)
+    return out if is_study_network(spec.model, spec.batchnorm, network) else {**out, "network": network}
+
+def name_suffix(part: dict) -> str:
+    return f"_{identity_hash(part)}" if part else ""
+
+def run_name(spec: RunSpec, hp: H.HParams) -> str:
+    """A run's name: its spec's, plus a short hash of what sets it apart from the committed study (open_lth's rule),
+    so each setting and each network is a run of its own and the study's names stay as they were."""
+    return spec.name + name_suffix(apart(spec, hp))
+
+def theta0_name(spec: RunSpec) -> str:
+    """θ0 is a function of the network and the seed alone: named by them, and by the network's fingerprint when it
+    is not the study's."""
+    network = network_of(spec)
+    study = is_study_network(spec.model, spec.batchnorm, network)
+    return f"{spec.model_name}_seed{spec.seed}" + ("" if study else name_suffix(network))
+
+def phase0_file_hash(identity: dict) -> str:
+    """A phase 0's file is named by its identity; the study's network is left out, so its names stay as they were."""
+    model = identity["model"]
+    study = is_study_network(model.get("model", "cnn"), model["batchnorm"], identity["network"])
+    return identity_hash({k: v for k, v in identity.items() if k != "network" or not study})
+
+def configuration(record: dict) -> str:
+    """What a run's numbers depend on beyond its arm, schedule, flags and seed: its network and its hyper-parameters.
+    Runs of two configurations are never pooled; the summary states each apart."""
+    spec, network = RunSpec(**record["params"]), record_identity(record)["network"]
+    settings = apart(spec, H.HParams(**record["hparams"]))
+    parts = [spec.model] + [f"{k} {v}" for k, v in settings.items() if k != "network"]
+    if network != network_of(spec):
+        parts.append(f"an earlier version of it (network {(network or {}).get('outputs', 'unknown')[:8]})")
+    return ", ".join(parts)
+
+def configurations(records: list[dict]) -> dict[str, list[dict]]:
+    """`records` by configuration: the committed study's (the lab's CNN, the study's settings) first, then the
+    others by name. Labels read 'cnn', 'conv2', 'cnn, lr 0.1'."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(configuration(r), []).append(r)
+    return dict(sorted(groups.items(), key=lambda item: (item[0] != "cnn", item[0])))
 
 def identity_hash(identity: dict) -> str:
     """A short name for an identity: files named by it never collide across settings."""
@@ -45,28 +133,33 @@ def identity_hash(identity: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 def check_identity(path: Path, saved: dict, asked: dict) -> None:
+    """Refuse a saved file whose content is not the run asked for (a run of other settings is named apart, so this is
+    a file that was copied, edited or saved by an older version), saying what differs."""
     diffs = differences(saved, asked)
-    if not diffs:
-        return
-    precision = saved.get("hparams", {}).get("precision")
-    if all(d.startswith("hparams.precision ") for d in diffs):
-        fix = (f"Resume it with the precision it was made with: run_all.py --precision {precision} (notebooks: "
-               f"precision=\"{precision}\").")
-    else:
-        fix = ("Keep both: pass another results_dir (run_all.py --results-dir) for the new settings; or replace it: "
-               "force=True (run_all.py --force).")
-    raise ResultMismatch(f"{path} was made with other settings than asked ({'; '.join(diffs)}), so it is not "
-                         f"reused. {fix}")
+    if diffs:
+        raise ResultMismatch(f"{path} was made with other settings than asked ({'; '.join(diffs)}), so it is not "
+                             "reused. Keep it: pass another results_dir (run_all.py --results-dir); or replace it: "
+                             "force=True (run_all.py --force).")
 
 def differences(saved: dict, asked: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(saved) | set(asked)):
         a, b = saved.get(k), asked.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
+        if k == "network" and a != b:
+            out.append(network_difference(a, b))
+        elif isinstance(a, dict) and isinstance(b, dict):
             out += differences(a, b, f"{prefix}{k}.")
         elif a != b:
             out.append(f"{prefix}{k} saved {a!r}, asked {b!r}")
     return out
+
+def network_difference(saved: dict | None, asked: dict | None) -> str:
+    if not saved or not asked:
+        return "the network: it was saved before networks were fingerprinted (scripts/migrate_results.py)"
+    if saved["parameters"] != asked["parameters"]:
+        return "the network: its parameter names and shapes differ"
+    return "the network: it computes other outputs at θ0 (its forward pass or initialisation changed)"
+
 def checkpoint_identity(saved: dict, path: Path) -> dict:
     try:
         return saved_identity(**saved["identity"])
@@ -79,7 +172,7 @@ def phase0_file_identity(saved: dict, path: Path) -> dict:
     try:
         identity = saved["identity"]
         return {"model": identity["model"], "hparams": non_default(H.HParams(**identity["hparams"])),
-                "data": data_identity(identity["data"])}
+                "data": data_identity(identity["data"]), "network": identity.get("network")}
     except (KeyError, TypeError, ValueError) as e:
         raise DamagedFile(f"{path} carries no readable identity ({type(e).__name__}: {e}); delete it, and phase 0 is "
                           "trained again.") from None

@@ -10,7 +10,7 @@ import torch
 import helpers as H
 from lth import store
 from lth.report import UNREADABLE
-from lth.spec import RunSpec, model_label
+from lth.spec import model_label
 
 
 def overlap(a: H.Masks, b: H.Masks) -> dict[str, float]:
@@ -41,8 +41,8 @@ def runs_with_masks(records: list[dict], results_dir: Path | str, choice: dict,
     file that cannot be read is named in `skipped`."""
     out = {}
     for r in chosen(records, choice):
-        spec = RunSpec(**r["params"])
-        if spec.seed == choice["seed"] and store.masks_path(results_dir, spec).exists() and r["experiment"] not in out:
+        if (r["params"]["seed"] == choice["seed"] and store.record_file(results_dir, r, ".masks.npz").exists()
+                and r["experiment"] not in out):
             try:
                 out[r["experiment"]] = (r, store.load_masks(results_dir, r))
             except UNREADABLE as e:
@@ -56,9 +56,10 @@ def mask_findings(records: list[dict], results_dir: Path | str, sparsity: float 
     the ticket a one-shot prune at round 1 would already have chosen; each beside its chance value. A file that
     cannot be read is named in `skipped`, and the rest goes on."""
     out, skipped = [], skipped if skipped is not None else []
-    for seed in sorted({r["params"]["seed"] for r in records}):
-        choice = {"arms": ["lottery", "random"], "model": model_label(vars(RunSpec.of("lottery", sparsity=sparsity))),
-                  "sparsity": sparsity, "seed": seed}
+    models = sorted({model_label(r["params"]) for r in records if r["experiment"] == "lottery"})
+    for model, seed in [(m, s) for m in models for s in sorted({r["params"]["seed"] for r in records})]:
+        choice = {"arms": ["lottery", "random"], "model": model, "sparsity": sparsity, "seed": seed}
+        who = f"{model}: " if len(models) > 1 else ""
         runs = runs_with_masks(records, results_dir, choice, skipped)
         if "lottery" not in runs:
             continue
@@ -66,8 +67,8 @@ def mask_findings(records: list[dict], results_dir: Path | str, sparsity: float 
         final = masks[max(masks)]
         if "random" in runs:
             o = overlap(final, runs["random"][1][max(runs["random"][1])])
-            out.append(f"Seed {seed}, {sparsity:.0%}: the ticket and random pruning share {o['shared']:.1%} of their "
-                       f"survivors (chance {o['shared_chance']:.1%}; Jaccard {o['jaccard']:.3f}, chance "
+            out.append(f"{who}Seed {seed}, {sparsity:.0%}: the ticket and random pruning share {o['shared']:.1%} "
+                       f"of their survivors (chance {o['shared_chance']:.1%}; Jaccard {o['jaccard']:.3f}, chance "
                        f"{o['jaccard_chance']:.3f}).")
         try:
             state = store.load_phase0(results_dir, r)["state"]
@@ -75,7 +76,7 @@ def mask_findings(records: list[dict], results_dir: Path | str, sparsity: float 
             skipped.append(str(e))
             continue
         o = overlap(final, one_shot_masks({k: state[k] for k in final}, sparsity))
-        out.append(f"Seed {seed}, {sparsity:.0%}: {o['shared']:.1%} of the ticket's survivors after {max(masks)} "
+        out.append(f"{who}Seed {seed}, {sparsity:.0%}: {o['shared']:.1%} of the ticket's survivors after {max(masks)} "
                    f"rounds are among those a one-shot prune to {sparsity:.0%} would have kept at round 1 (chance "
                    f"{o['shared_chance']:.1%}).")
     return out or [f"No lottery run at {sparsity:.0%} has saved masks yet (the runs made before masks were kept lack "

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from lth import report
 from lth.spec import ARMS, figure_names, is_classic, plural
 
 
@@ -112,6 +115,45 @@ def plot_final(table, x: str, hue: str, title: str, ax=None, references: dict[st
     outside_legend(ax, words(hue))
     caveat(ax, table)
     return ax
+
+
+def configurations_table(groups: dict[str, list[dict]], batchnorm: bool, dropout: float, rounds: int, epochs: int,
+                         sparsity: float = 0.5):
+    """The lab's figure at `sparsity` for every configuration: its runs of the lab's arms (lottery, random
+    pruning, re-init each round) on that schedule, with its configuration and its own 25-epoch baseline."""
+    import pandas as pd
+    panels = []
+    for name, records in groups.items():
+        runs = report.runs_table(records)
+        flags = (runs.batchnorm == batchnorm) & (runs.dropout == dropout)
+        lab = runs[flags & runs.experiment.isin(["lottery", "random", "reinit"]) & (runs.rounds == rounds)
+                   & (runs.epochs == epochs) & np.isclose(runs.sparsity, sparsity)]
+        dense = runs[flags & (runs.experiment == "baseline")].final_val_acc
+        panels.append(lab.assign(configuration=name, baseline=dense.mean() if len(dense) else np.nan))
+    return pd.concat(panels) if panels else pd.DataFrame()
+
+
+def plot_configurations(table):
+    """The lab's figure at one sparsity, one panel per configuration (model, settings): each arm's final accuracy
+    in percent (mean, with the range over seeds), beside the panel's dense phase 0 and 25-epoch baseline."""
+    import seaborn as sns
+    table = table.assign(accuracy=100 * table.final_val_acc)
+    grid = sns.catplot(data=table, x="arm", y="accuracy", col="configuration", kind="point", errorbar=seed_range,
+                       capsize=0.2, linestyle="none", height=4, aspect=0.9, color="C0")
+    for name, ax in grid.axes_dict.items():
+        panel = table[table.configuration == name]
+        for column, ls, label in (("phase0_val_acc", ":", "dense phase 0"), ("baseline", "--", "dense, 25 epochs")):
+            value = panel[column].dropna().mean()
+            if value == value:
+                ax.axhline(100 * value, color="black", ls=ls, lw=1.2, label=f"{label} ({value:.2%})")
+        ax.tick_params(axis="x", rotation=30)
+        ax.legend(loc="lower left", fontsize="small")
+    grid.set_axis_labels("", "final validation accuracy (%)")
+    grid.set_titles("{col_name}")
+    sparsity = table.sparsity.iloc[0]
+    grid.figure.suptitle(f"Each network at sparsity {sparsity:.0%} (its own dense references), "
+                         f"{seeds_note(table, ['configuration', 'arm'], 'bars')}", y=1.04)
+    return grid
 
 
 def plot_rounds_vs_epochs(table, ax=None):

@@ -19,6 +19,7 @@ from lth.identity import (
     phase0_identity,
     record_identity,
     run_identity,
+    run_name,
 )
 from lth.spec import RunSpec, as_bool
 
@@ -28,7 +29,19 @@ def resolve_hparams(hp: H.HParams, dev: torch.device, results_dir: Path | str | 
     else to what suits `dev`. Explicit precisions are kept."""
     if hp.precision != "auto" or not results_dir:
         return precision.resolve(hp, dev)
-    return precision.resolve(hp, dev, store.saved_precisions(results_dir), str(results_dir))
+    return precision.resolve(hp, dev, saved_precisions(results_dir), str(results_dir))
+
+
+def saved_precisions(results_dir: Path | str) -> set[str]:
+    """The precisions of what a results folder holds: its records, and the checkpoints of its unfinished runs."""
+    used = {H.HParams(**r["hparams"]).precision for r in store.load_records(results_dir)}
+    for path in [*Path(results_dir).glob("checkpoints/*.pt"), *Path(results_dir).glob("checkpoints/phase0/*.pt")]:
+        try:  # mmap: only the small identity is read, not the weights
+            used.add(H.HParams(**torch.load(path, map_location="cpu", mmap=True)["identity"]["hparams"])
+                     .precision)
+        except Exception:
+            pass  # a damaged checkpoint is named, and set aside, when its run resumes
+    return used
 
 
 def run_experiment(spec: RunSpec, data: H.Data, device: str | torch.device | None = None,
@@ -44,17 +57,17 @@ def run_experiment(spec: RunSpec, data: H.Data, device: str | torch.device | Non
     results_dir = Path(results_dir) if results_dir else store.results_root(source=data.source)
     progress, force = as_bool("progress", progress), as_bool("force", force)
     hp = resolve_hparams(hp, dev, results_dir)
-    asked = run_identity(spec, hp, data.source)
-    out, ckpt = store.record_path(results_dir, spec), store.checkpoint_path(results_dir, spec)
+    asked, name = run_identity(spec, hp, data.source), run_name(spec, hp)
+    out, ckpt = store.record_path(results_dir, spec, hp), store.checkpoint_path(results_dir, spec, hp)
     say = print if not progress else tqdm.write
     store.claim_folder(results_dir, data.source)
-    with store.holding(store.run_lock(results_dir, spec.name), say, spec.name):
+    with store.holding(store.run_lock(results_dir, name), say, name):
         saved = store.read_pt(ckpt, say, "the run restarts after its phase 0") if ckpt.exists() else None
         if out.exists() and not force:
             record = store.read_record(out)
             check_identity(out, record_identity(record), asked)
             if saved is not None and checkpoint_identity(saved, ckpt) == asked:  # stopped between record and masks
-                finish_run(results_dir, spec, saved["round_masks"], asked)
+                finish_run(results_dir, spec, hp, saved["round_masks"], asked)
             return record
         if saved is not None and force and checkpoint_identity(saved, ckpt) != asked:
             saved = None  # forced: a checkpoint of other settings is overwritten by the new run's first round
@@ -63,7 +76,7 @@ def run_experiment(spec: RunSpec, data: H.Data, device: str | torch.device | Non
         done = saved["history"][-1]["round"] if saved else 0
         left = spec.epochs * (spec.rounds - done + (not store.phase0_ready(results_dir, spec, hp, data.source)))
         device_name = precision.describe_device(dev, hp.precision)
-        say(f"{spec.name}: {left} epochs to train on {device_name}, precision {hp.precision}")
+        say(f"{name}: {left} epochs to train on {device_name}, precision {hp.precision}")
         eta = first_epoch_eta(left, say)
         round_masks = dict(saved["round_masks"]) if saved else {}
 
@@ -74,41 +87,41 @@ def run_experiment(spec: RunSpec, data: H.Data, device: str | torch.device | Non
                     e["device"] = device_name
             store.save_atomic({"identity": asked, "state": store.to_cpu(model.state_dict()),
                                "masks": store.to_cpu(masks), "history": history, "round_masks": round_masks}, ckpt)
-            say(f"{spec.name}: round {r}/{spec.rounds} at sparsity {history[-1]['sparsity']:.3f}: "
+            say(f"{name}: round {r}/{spec.rounds} at sparsity {history[-1]['sparsity']:.3f}: "
                 f"val_acc {history[-1]['val_acc']:.4f}")
 
         ticket = ticket_masks(results_dir, spec, hp, data.source) if spec.strategy == "ticket" else None
         with precision.kernels(dev, hp.precision):
             phase0 = load_or_train_phase0(spec, data.to(dev), dev, results_dir, hp, progress, say, eta, device_name)
             if saved is not None:
-                say(f"{spec.name}: resumed after round {done}")
+                say(f"{name}: resumed after round {done}")
             history, masks = H.lottery_ticket(data, **spec.procedure, hp=hp, device=dev, ticket=ticket,
                                               phase0=phase0, resume=saved, on_round=on_round, on_epoch=eta,
                                               progress=progress)
         devices = dict.fromkeys(e["device"] for e in history if "device" in e)  # every machine that computed it
-        record = {"experiment": spec.experiment, "name": spec.name, "params": asdict(spec), "hparams": asdict(hp),
+        record = {"experiment": spec.experiment, "name": name, "params": asdict(spec), "hparams": asdict(hp),
                   "history": history, "final_val_acc": history[-1]["val_acc"],
                   "final_sparsity": H.sparsity_report(masks)["overall"],
                   "seconds": sum(e["seconds"] for e in history), "device": "; ".join(devices),
-                  "versions": precision.versions(), "data": data.source}
+                  "versions": precision.versions(), "data": data.source, "network": asked["network"]}
         store.write_json(out, record)  # first: until the run is complete, nothing new lies beside an old record
-        finish_run(results_dir, spec, round_masks, asked)
+        finish_run(results_dir, spec, hp, round_masks, asked)
     return record
 
 
-def finish_run(results_dir: Path, spec: RunSpec, round_masks: dict, identity: dict) -> None:
+def finish_run(results_dir: Path, spec: RunSpec, hp: H.HParams, round_masks: dict, identity: dict) -> None:
     """After the record: the run's masks, then its checkpoint goes."""
     if round_masks:
-        store.save_masks(store.masks_path(results_dir, spec), round_masks, identity)
-    store.checkpoint_path(results_dir, spec).unlink(missing_ok=True)
+        store.save_masks(store.masks_path(results_dir, spec, hp), round_masks, identity)
+    store.checkpoint_path(results_dir, spec, hp).unlink(missing_ok=True)
 
 
 def ticket_masks(results_dir: Path, spec: RunSpec, hp: H.HParams, source: dict) -> dict[int, H.Masks]:
     """The masks, round by round, of the finished lottery run that a strategy='ticket' run trains afresh."""
     lottery = spec.ticket_source
-    path = store.record_path(results_dir, lottery)
+    path = store.record_path(results_dir, lottery, hp)
     if not path.exists():
-        raise FileNotFoundError(f"{spec.name} trains the masks of the lottery run {lottery.name}, which is not "
+        raise FileNotFoundError(f"{run_name(spec, hp)} trains the masks of the lottery run {path.stem}, which is not "
                                 f"finished in {results_dir}: run it first (notebook 02 with sparsity="
                                 f"{lottery.sparsity}, rounds={lottery.rounds}, epochs={lottery.epochs}, seed="
                                 f"{lottery.seed}; run_all.py runs 02 before 08).")
@@ -151,7 +164,7 @@ def load_or_train_phase0(spec: RunSpec, data: H.Data, dev: torch.device, results
             for e in history:
                 e.setdefault("device", device_name or precision.describe_device(dev, hp.precision))
             if not store.theta0_path(results_dir, spec).exists():
-                store.save_atomic(store.to_cpu(theta0), store.theta0_path(results_dir, spec))
+                store.save_theta0(results_dir, spec, theta0)
             if spec.rewind_epoch:
                 own = {} if saved is None or on_saved_path else {
                     "phase0": {"state": store.to_cpu(state), "history": history}}

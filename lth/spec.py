@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 import helpers as H
+from lth.models import load_models
 
 TRUE, FALSE = ("true", "yes", "y", "on", "1"), ("false", "no", "n", "off", "0")
 
@@ -64,7 +65,7 @@ ARMS: dict[str, Arm] = {  # in the order the findings state them
                             "rounds_vs_epochs_curves", findings="rounds_vs_epochs", shown=False,
                             figures=("rounds_vs_epochs_final",)),
 }
-SUMMARY_FIGURES = ("final_accuracy_vs_sparsity", "sweep_curves", "classic_curve")
+SUMMARY_FIGURES = ("final_accuracy_vs_sparsity", "sweep_curves", "classic_curve", "configurations")
 
 
 def figure_names() -> dict[str, str]:
@@ -94,6 +95,7 @@ class RunSpec:
     dropout: float = 0.0
     seed: int = 0
     rewind_epoch: int = 0  # late rewinding: survivors go back to the weights after this many epochs of phase 0
+    model: str = "cnn"     # a registered network (helpers.MODELS, models/): the lab's CNN by default
 
     @classmethod
     def of(cls, experiment: str, quick: bool = False, **params) -> "RunSpec":
@@ -110,6 +112,8 @@ class RunSpec:
 
     def __post_init__(self):
         H.check_choice("experiment", self.experiment, ARMS)
+        if self.model not in load_models():
+            H.build_model(0, model=self.model)  # the error that lists the models and says how to add one
         H.check_choice("strategy", self.strategy, H.STRATEGIES)
         H.check_choice("reset", self.reset, H.RESETS)
         H.check_choice("scope", self.scope, H.SCOPES)
@@ -143,7 +147,7 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        model = f"bn{int(self.batchnorm)}_do{exact(self.dropout)}"
+        model = self.model_name
         if self.rounds == 0:
             return f"{self.experiment}_{model}_E{self.epochs}_seed{self.seed}"
         scope = "" if self.scope == "layer" else f"_{self.scope}"
@@ -159,12 +163,13 @@ class RunSpec:
     @property
     def ticket_source(self) -> "RunSpec":
         """The lottery run whose masks a strategy='ticket' run trains from fresh values."""
-        return RunSpec("lottery", self.sparsity, self.rounds, self.epochs, "magnitude", "rewind", self.scope,
-                       self.batchnorm, self.dropout, self.seed)
+        return replace(self, experiment="lottery", strategy="magnitude", reset="rewind", rewind_epoch=0)
 
     @property
     def model_name(self) -> str:
-        return f"bn{int(self.batchnorm)}_do{exact(self.dropout)}"
+        """The network and its flags; the lab's CNN, the default, goes unnamed."""
+        flags = f"bn{int(self.batchnorm)}_do{exact(self.dropout)}"
+        return flags if self.model == "cnn" else f"{self.model}_{flags}"
 
     @property
     def procedure(self) -> dict:
@@ -188,4 +193,7 @@ def is_classic(params: dict) -> bool:
 
 
 def model_label(params: dict) -> str:
-    return f"{'BatchNorm' if params['batchnorm'] else 'no BatchNorm'}, dropout {params['dropout']:g}"
+    """'BatchNorm, dropout 0' for the lab's CNN; other networks are named first: 'conv2, BatchNorm, dropout 0'."""
+    model = params.get("model", "cnn")
+    flags = f"{'BatchNorm' if params['batchnorm'] else 'no BatchNorm'}, dropout {params['dropout']:g}"
+    return flags if model == "cnn" else f"{model}, {flags}"

@@ -2,11 +2,11 @@
 written atomically under a lock and read through one loader that names the path, says what is wrong and what to do.
 
     <results>/data.json                          the folder's data identity
-    <results>/runs/<experiment>/<run>.json       a finished run's record
+    <results>/runs/<experiment>/<run>.json       a finished run's record (its name: lth.identity.run_name)
     <results>/runs/<experiment>/<run>.masks.npz  its masks after every round, with its identity
     <results>/checkpoints/<run>.pt               an unfinished run, after its last finished round
     <results>/checkpoints/phase0/<name>_<identity hash>.pt   a dense phase 0, shared by the arms that start there
-    <results>/checkpoints/theta0/<model>_seed<seed>.pt       θ0, once per model and seed
+    <results>/checkpoints/theta0/<model>_seed<seed>.pt       θ0, once per network and seed
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import os
 import tempfile
 import warnings
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -30,11 +31,14 @@ from lth.identity import (
     ResultMismatch,
     check_identity,
     differences,
-    identity_hash,
+    network_of,
+    phase0_file_hash,
     phase0_file_identity,
     phase0_identity,
     record_identity,
+    run_name,
     saved_identity,
+    theta0_name,
 )
 from lth.spec import RunSpec, as_bool
 
@@ -117,21 +121,25 @@ def folder_note(results: Path, quick: bool = False) -> str:
     return (f"{where}/ ({default.name}/ holds runs on other data, {describe_data({**saved['data'], **saved})}; "
             "runs on this data get a folder of their own)")
 
-def record_path(results_dir: Path | str, spec: RunSpec) -> Path:
-    """A finished run's record: results/runs/<experiment>/<name>.json."""
-    return Path(results_dir) / "runs" / spec.experiment / f"{spec.name}.json"
+def record_path(results_dir: Path | str, spec: RunSpec, hp: H.HParams) -> Path:
+    """A finished run's record: results/runs/<experiment>/<run name>.json."""
+    return Path(results_dir) / "runs" / spec.experiment / f"{run_name(spec, hp)}.json"
 
-def masks_path(results_dir: Path | str, spec: RunSpec) -> Path:
+def masks_path(results_dir: Path | str, spec: RunSpec, hp: H.HParams) -> Path:
     """A finished pruned run's masks after every round, bit-packed, next to its record."""
-    return record_path(results_dir, spec).with_suffix(".masks.npz")
+    return record_path(results_dir, spec, hp).with_suffix(".masks.npz")
 
-def checkpoint_path(results_dir: Path | str, spec: RunSpec) -> Path:
-    """An unfinished run's state after its last finished round: results/checkpoints/<name>.pt."""
-    return Path(results_dir) / "checkpoints" / f"{spec.name}.pt"
+def record_file(results_dir: Path | str, record: dict, kind: str = ".json") -> Path:
+    """Where a record lies, or its masks (kind=".masks.npz"): its arm's folder, under its own name."""
+    return Path(results_dir) / "runs" / record["experiment"] / f"{record['name']}{kind}"
+
+def checkpoint_path(results_dir: Path | str, spec: RunSpec, hp: H.HParams) -> Path:
+    """An unfinished run's state after its last finished round: results/checkpoints/<run name>.pt."""
+    return Path(results_dir) / "checkpoints" / f"{run_name(spec, hp)}.pt"
 
 def phase0_path(results_dir: Path | str, spec: RunSpec, hp: H.HParams, source: dict) -> Path:
-    """The dense phase 0 shared by every arm with the same model, seed, epochs, hparams and data."""
-    name = f"{spec.phase0_name}_{identity_hash(phase0_identity(spec, hp, source))}.pt"
+    """The dense phase 0 shared by every arm with the same network, seed, epochs, hparams and data."""
+    name = f"{spec.phase0_name}_{phase0_file_hash(phase0_identity(spec, hp, source))}.pt"
     return Path(results_dir) / "checkpoints" / "phase0" / name
 
 def rewind_point_path(results_dir: Path | str, spec: RunSpec, hp: H.HParams, source: dict) -> Path:
@@ -144,14 +152,9 @@ def phase0_ready(results_dir: Path | str, spec: RunSpec, hp: H.HParams, source: 
     return phase0_path(results_dir, spec, hp, source).exists() and (
         not spec.rewind_epoch or rewind_point_path(results_dir, spec, hp, source).exists())
 
-def record_phase0_path(results_dir: Path | str, record: dict) -> Path:
-    """The phase 0 a finished run started from."""
-    return phase0_path(results_dir, RunSpec(**record["params"]), H.HParams(**record["hparams"]),
-                       record["data"])
-
 def theta0_path(results_dir: Path | str, spec: RunSpec) -> Path:
-    """The initial weights θ0 of a model and seed: one file, whatever the epochs and hparams of its phases 0."""
-    return Path(results_dir) / "checkpoints" / "theta0" / f"{spec.model_name}_seed{spec.seed}.pt"
+    """The initial weights θ0 of a network and seed: one file, whatever the epochs and hparams of its phases 0."""
+    return Path(results_dir) / "checkpoints" / "theta0" / f"{theta0_name(spec)}.pt"
 
 def run_lock(results_dir: Path | str, name: str):
     """One lock per run and per phase 0, across processes: no two writers ever compute the same thing."""
@@ -230,7 +233,7 @@ def read_record(path: Path) -> dict:
     except (TypeError, ValueError, AttributeError) as e:
         raise DamagedFile(f"{path} is not a run record ({type(e).__name__}: {e}). Restore it (`git checkout -- "
                           f"{path}` if it is committed), or delete it to compute the run again.") from None
-    return record
+    return {**record, "params": asdict(RunSpec(**record["params"]))}  # every field, those added since included
 
 def load_records(results_dir: Path | str | None = None, experiment: str | None = None,
                  skipped: list[str] | None = None) -> list[dict]:
@@ -255,17 +258,6 @@ def one_data_set(records: list[dict]) -> list[dict]:
                              + ". Keep each data set in a results folder of its own.")
     return records
 
-def saved_precisions(results_dir: Path | str) -> set[str]:
-    """The precisions of what a results folder holds: its records, and the checkpoints of its unfinished runs."""
-    used = {H.HParams(**r["hparams"]).precision for r in load_records(results_dir)}
-    for path in [*Path(results_dir).glob("checkpoints/*.pt"), *Path(results_dir).glob("checkpoints/phase0/*.pt")]:
-        try:  # mmap: only the small identity is read, not the weights
-            used.add(H.HParams(**torch.load(path, map_location="cpu", mmap=True)["identity"]["hparams"])
-                     .precision)
-        except Exception:
-            pass  # a damaged checkpoint is named, and set aside, when its run resumes
-    return used
-
 def pack_masks(masks: H.Masks) -> dict[str, torch.Tensor]:
     """H.Masks as bits: 8 weights a byte, about 58 KB for the whole network."""
     return {name: torch.from_numpy(np.packbits(m.cpu().numpy().ravel())) for name, m in masks.items()}
@@ -284,11 +276,11 @@ def load_masks(results_dir: Path | str, record: dict) -> dict[int, H.Masks]:
     """The masks a finished pruned run had in each round, as bool tensors: {round: {parameter name: mask}}; checked
     against the identity of the run's record."""
     spec = RunSpec(**record["params"])
-    path, owner = masks_path(results_dir, spec), record_path(results_dir, spec)
+    path, owner = record_file(results_dir, record, ".masks.npz"), record_file(results_dir, record)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: {spec.name} is not finished, or ran before masks were "
+        raise FileNotFoundError(f"{path} does not exist: {record['name']} is not finished, or ran before masks were "
                                 "saved (run it again with force=True to save them).")
-    model = H.build_model(spec.seed, spec.batchnorm, spec.dropout)
+    model = H.build_model(spec.seed, spec.batchnorm, spec.dropout, spec.model)
     shapes = {name: w.shape for name, w in H.prunable_weights(model).items()}
     out: dict[int, H.Masks] = {}
     try:
@@ -312,7 +304,8 @@ def load_masks(results_dir: Path | str, record: dict) -> dict[int, H.Masks]:
 
 def load_phase0(results_dir: Path | str, record: dict) -> dict:
     """The phase 0 a finished run started from: {"state", "history", "identity"}, checked against the record."""
-    path = record_phase0_path(results_dir, record)
+    spec, hp = RunSpec(**record["params"]), H.HParams(**record["hparams"])
+    path = phase0_path(results_dir, spec, hp, record["data"])
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: the phase 0 of {record['name']} is not in this folder "
                                 "(only the shared 5-epoch phases 0 are committed); run it again to recompute it.")
@@ -321,7 +314,6 @@ def load_phase0(results_dir: Path | str, record: dict) -> dict:
     except Exception as e:
         raise DamagedFile(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}). Restore it "
                           "(`git checkout -- PATH` if it is committed), or delete it to train it again.") from None
-    spec, hp = RunSpec(**record["params"]), H.HParams(**record["hparams"])
     check_identity(path, phase0_file_identity(saved, path), phase0_identity(spec, hp, record["data"]))
     point = rewind_point_path(results_dir, spec, hp, record["data"]) if spec.rewind_epoch else None
     if point and point.exists():  # a replay that left the saved phase 0's path is the run's own phase 0
@@ -329,12 +321,18 @@ def load_phase0(results_dir: Path | str, record: dict) -> dict:
         return {**saved, **own} if own else saved
     return saved
 
+def save_theta0(results_dir: Path | str, spec: RunSpec, theta0: dict[str, torch.Tensor]) -> None:
+    """θ0 with the fingerprint of the network that drew it."""
+    save_atomic({"network": network_of(spec), "state": to_cpu(theta0)}, theta0_path(results_dir, spec))
+
 def load_theta0(results_dir: Path | str, spec: RunSpec) -> dict[str, torch.Tensor]:
-    """The initial weights of a run's model and seed, saved once and shared by every phase 0 that starts there."""
+    """The initial weights of a run's network and seed, saved once and shared by every phase 0 that starts there;
+    checked against the network asked."""
     path = theta0_path(results_dir, spec)
-    theta0 = read_pt(path, print, "phase 0 cannot start without it") if path.exists() else None
-    if theta0 is None:
+    saved = read_pt(path, print, "phase 0 cannot start without it") if path.exists() else None
+    if saved is None:
         raise DamagedFile(f"{path} is missing or damaged: it holds the initial weights of {spec.phase0_name}'s "
                           "model. Restore it (`git checkout -- PATH`), or delete the phase-0 files of this seed to "
                           "train them again.")
-    return theta0
+    check_identity(path, {"network": saved.get("network")}, {"network": network_of(spec)})
+    return saved["state"]

@@ -7,6 +7,9 @@
   model and seed in `checkpoints/theta0/`, and each phase 0 is named by its identity and carries it.
 - masks: each `*.masks.npz` gains the identity of the run that made it (from its record).
 - records: the old `bf16: true/false` hparams key becomes `precision: "bf16"/"fp32"`.
+- networks: every record, mask file, checkpoint, phase 0 and θ0 gains the fingerprint of the network that made it
+  (`lth.identity.network_fingerprint`), once every θ0 in the folder is rebuilt bit for bit by today's code: a folder
+  whose θ0 today's networks do not draw again is left as it is, and the script says which.
 Running it again changes nothing.
 """
 from __future__ import annotations
@@ -78,19 +81,70 @@ def migrate_phase0(results: Path) -> int:
 def migrate_masks(results: Path) -> int:
     changed = 0
     for record in store.load_records(results):
-        path = store.masks_path(results, spec.RunSpec(**record["params"]))
+        path = store.record_file(results, record, ".masks.npz")
         if not path.exists():
             continue
         with np.load(path) as f:
             arrays = {k: f[k] for k in f.files}
         if "identity" in arrays:
             continue
-        rounds = {}
-        for key, bits in arrays.items():
+        rewrite_masks(path, arrays, identity.record_identity(record))
+        changed += 1
+    return changed
+
+
+def rewrite_masks(path: Path, arrays: dict[str, np.ndarray], run_identity: dict) -> None:
+    """A mask file's bits as they are, under `run_identity`."""
+    rounds = {}
+    for key, bits in arrays.items():
+        if key != "identity":
             r, name = key.split("/", 1)
             rounds.setdefault(int(r.removeprefix("round")), {})[name] = torch.from_numpy(bits)
-        store.save_masks(path, rounds, identity.record_identity(record))
-        changed += 1
+    store.save_masks(path, rounds, run_identity)
+
+
+def migrate_networks(results: Path) -> int:
+    """The fingerprint of today's network into every file of a folder whose θ0 it draws again bit for bit."""
+    records = store.load_records(results)
+    runs = {spec.RunSpec(**r["params"]) for r in records}
+    for run in sorted(runs, key=lambda r: r.name):
+        path = store.theta0_path(results, run)
+        if path.exists():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            saved = saved.get("state", saved)
+            built = H.snapshot(H.build_model(run.seed, run.batchnorm, run.dropout, run.model))
+            if saved.keys() != built.keys() or not all(torch.equal(saved[k], built[k]) for k in saved):
+                sys.exit(f"{path}: today's {run.model} does not draw this θ0 again bit for bit; nothing migrated.")
+    changed = 0
+    for record in records:
+        run, path = spec.RunSpec(**record["params"]), store.record_file(results, record)
+        if record.get("network") is None:
+            record = {**record, "network": identity.network_of(run)}
+            store.write_json(path, record)
+            changed += 1
+        masks = store.record_file(results, record, ".masks.npz")
+        if masks.exists():
+            with np.load(masks) as f:
+                arrays = {k: f[k] for k in f.files}
+            if json.loads(str(arrays["identity"])).get("network") is None:
+                rewrite_masks(masks, arrays, identity.record_identity(record))
+                changed += 1
+        theta0 = store.theta0_path(results, run)
+        if theta0.exists():
+            saved = torch.load(theta0, map_location="cpu", weights_only=True)
+            if "network" not in saved:
+                store.save_atomic({"network": identity.network_of(run), "state": saved}, theta0)
+                changed += 1
+    for path in [*results.glob("checkpoints/*.pt"), *results.glob("checkpoints/phase0/*.pt")]:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved["identity"].get("network") is None:
+            model = saved["identity"].get("model", {})
+            run = spec.RunSpec(**saved["identity"]["params"]) if "params" in saved["identity"] else spec.RunSpec(
+                "baseline", rounds=0, **{k: model[k] for k in ("batchnorm", "dropout", "epochs", "seed")},
+                model=model.get("model", "cnn"))
+            saved["identity"] = {**saved["identity"], "network": identity.network_of(run)}
+            store.save_atomic(saved, path)
+            changed += 1
     return changed
 
 
@@ -101,6 +155,7 @@ def main() -> None:
     print(f"records: {migrate_records(results)} migrated")
     migrate_manifest(results)
     print(f"phase 0: {migrate_phase0(results)} migrated; masks: {migrate_masks(results)} migrated")
+    print(f"networks: {migrate_networks(results)} files gained their network's fingerprint")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,18 @@ def data(fake_npz) -> H.Data:
 FAST = H.HParams(batch_size=64, lr=0.05)  # the fake set's 256 images make 4 steps an epoch
 
 
+def name_of(spec: RunSpec, hp: H.HParams = FAST) -> str:
+    """The name a run of `spec` with `hp` gets on this CPU."""
+    from lth.identity import run_name
+    return run_name(spec, resolved(hp))
+
+
+def resolved(hp: H.HParams = FAST) -> H.HParams:
+    """`hp` as a run on this CPU resolves it ("auto" precision made explicit): what its run's name is made of."""
+    from lth.runs import resolve_hparams
+    return resolve_hparams(hp, torch.device("cpu"))
+
+
 def dies_at_call(monkeypatch, n: int, error=KeyboardInterrupt) -> None:
     """The n-th call of train() raises `error`: the session ends in the middle of that phase."""
     calls, train = [], H.train

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import helpers as H
-from conftest import FAST, fake_record, run_all
+from conftest import FAST, fake_record, resolved, run_all
 from lth.batch import plan
 from lth.plots import plot_classic
 from lth.readme import results_markdown, write_readme_results
@@ -36,9 +36,9 @@ def test_a_tiny_run_ends_exactly_at_p(experiment, data, tmp_path):
     assert [e["cum_epoch"] for e in record["history"]] == [1, 2, 3, 4]
     assert np.allclose([e["sparsity"] for e in record["history"][1:]], H.round_sparsities(0.5, 3), atol=1e-4)
     assert record["params"]["strategy"] == ARMS[experiment].defaults["strategy"]
-    saved = json.loads(record_path(tmp_path, spec).read_text())
+    saved = json.loads(record_path(tmp_path, spec, resolved()).read_text())
     assert saved == record and {"device", "versions", "data", "seconds", "final_val_acc"} <= set(saved)
-    assert not checkpoint_path(tmp_path, spec).exists()  # a finished run leaves no checkpoint
+    assert not checkpoint_path(tmp_path, spec, resolved()).exists()  # a finished run leaves no checkpoint
 
 
 def test_a_round_rewinds_or_reinitialises_the_survivors():
@@ -91,7 +91,7 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(data, tmp_path, m
     monkeypatch.setattr(H, "train", dies_in_round_2)
     with pytest.raises(KeyboardInterrupt):
         run(spec, data, tmp_path / "resumed")
-    assert checkpoint_path(tmp_path / "resumed", spec).exists()
+    assert checkpoint_path(tmp_path / "resumed", spec, resolved()).exists()
     monkeypatch.setattr(H, "train", train)
     resumed = run(spec, data, tmp_path / "resumed")
     assert without_seconds(resumed["history"]) == without_seconds(whole["history"])
@@ -104,7 +104,7 @@ def test_reading_compares_with_the_dense_baseline_and_the_other_arms(tmp_path):
         r = {"experiment": experiment, "name": spec.name, "params": vars(spec), "final_val_acc": acc,
              "final_sparsity": spec.sparsity, "history": history, "hparams": {"precision": "bf16"},
              "data": {"sha256": "test"}}
-        write_json(record_path(tmp_path, spec), r)
+        write_json(record_path(tmp_path, spec, resolved()), r)
         return r
     record("baseline", 0.85)
     record("baseline", 0.80, batchnorm=False)  # another model: not its baseline
@@ -243,11 +243,11 @@ def test_the_cluster_names_the_inputs_of_every_job_of_the_plan(data, tmp_path):
     from lth import store
     from lth.batch import Study, jobs
     from lth.cluster import inputs_of
-    study = Study(tmp_path, data, FAST)
+    study = Study(tmp_path, data, resolved())
     specs = [job.spec for job in jobs(seeds=1, quick=True) if job.spec]
     assert {s.experiment for s in specs} == set(ARMS)
     ticket = next(s for s in specs if s.strategy == "ticket").ticket_source
-    masks = store.masks_path(tmp_path, ticket)
+    masks = store.masks_path(tmp_path, ticket, resolved())
     masks.parent.mkdir(parents=True)
     masks.write_bytes(b"masks")
     for spec in specs:

@@ -15,6 +15,7 @@ from lth.identity import (
     differences,
     identity_hash,
     non_default,
+    phase0_file_hash,
     phase0_file_identity,
 )
 from lth.spec import RunSpec
@@ -32,26 +33,26 @@ def test_an_identity_hash_sorts_keys_and_reads_numpy_scalars_as_numbers():
 def test_the_committed_phase0_files_and_rewind_points_are_named_by_the_hash_of_their_identity(path):
     saved = torch.load(path, map_location="cpu", mmap=True)
     named = path.stem.split("_epoch")[0].rsplit("_", 1)[1]  # a rewind point is named after its phase 0
-    assert named == identity_hash(phase0_file_identity(saved, path))
+    assert named == phase0_file_hash(phase0_file_identity(saved, path))
 
 
-def test_a_difference_in_precision_alone_says_which_precision_to_resume_with():
-    with pytest.raises(ResultMismatch) as e:
-        check_identity(Path("r.json"), {"hparams": {"precision": "bf16"}}, {"hparams": {"precision": "fp32"}})
-    assert str(e.value) == ("r.json was made with other settings than asked (hparams.precision saved 'bf16', asked "
-                            "'fp32'), so it is not reused. Resume it with the precision it was made with: run_all.py "
-                            "--precision bf16 (notebooks: precision=\"bf16\").")
-
-
-def test_other_differences_are_each_named_with_both_ways_out():
+def test_differences_are_each_named_with_both_ways_out():
     with pytest.raises(ResultMismatch) as e:
         check_identity(Path("r.json"), {"params": {"seed": 1}, "hparams": {}},
                        {"params": {"seed": 2}, "hparams": {"lr": 0.1}})
     assert str(e.value) == ("r.json was made with other settings than asked (hparams.lr saved None, asked 0.1; "
-                            "params.seed saved 1, asked 2), so it is not reused. Keep both: pass another results_dir "
-                            "(run_all.py --results-dir) for the new settings; or replace it: force=True (run_all.py "
-                            "--force).")
+                            "params.seed saved 1, asked 2), so it is not reused. Keep it: pass another results_dir "
+                            "(run_all.py --results-dir); or replace it: force=True (run_all.py --force).")
     check_identity(Path("r.json"), {"params": {"seed": 1}}, {"params": {"seed": 1}})  # the same: no error
+
+
+def test_a_network_difference_says_what_the_network_changed():
+    net = {"parameters": "a", "outputs": "b"}
+    assert differences({"network": net}, {"network": {**net, "parameters": "c"}}) == [
+        "the network: its parameter names and shapes differ"]
+    assert differences({"network": net}, {"network": {**net, "outputs": "c"}}) == [
+        "the network: it computes other outputs at θ0 (its forward pass or initialisation changed)"]
+    assert "before networks were fingerprinted" in differences({"network": None}, {"network": net})[0]
 
 
 def test_differences_name_nested_keys_and_keys_on_one_side():
@@ -73,7 +74,7 @@ def test_a_file_without_a_readable_identity_is_named_with_what_to_do():
 
 def test_a_setting_that_is_a_group_on_one_side_only_is_named_whole():
     assert differences({"a": {"b": 1}}, {"a": 5}) == ["a saved {'b': 1}, asked 5"]
-    with pytest.raises(ResultMismatch, match=r"\(params.seed saved 1, asked 2\), so it is not reused. Keep both"):
+    with pytest.raises(ResultMismatch, match=r"\(params.seed saved 1, asked 2\), so it is not reused. Keep it"):
         check_identity(Path("r.json"), {"params": {"seed": 1}}, {"params": {"seed": 2}})  # no hparams saved
 
 

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import nbformat
@@ -16,15 +15,15 @@ import pytest
 import torch
 
 import helpers as H
-from conftest import FAST, dies_at_call, fake_arrays
+from conftest import FAST, dies_at_call, fake_arrays, resolved
 from lth.data import load_data, subset
-from lth.identity import DamagedFile, ResultMismatch
+from lth.identity import DamagedFile, ResultMismatch, run_name
 from lth.runs import resolve_hparams, run_experiment
 from lth.spec import RunSpec
 from lth.store import checkpoint_path, load_masks, load_records, record_path, save_atomic, write_json
 
 ROOT = H.ROOT
-TINY = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1)
+TINY = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1, model="tiny")  # models/tiny.py: seconds a run
 
 
 def run(spec, data, results, hp=FAST, **kw):
@@ -49,19 +48,26 @@ def quick_args(tmp_path, n_train=600, n_test=100):
 
 # 1. A finished record or a round checkpoint is reused only when it is the run asked for.
 
-def test_a_record_made_with_other_hparams_is_not_returned(data, tmp_path):
+def test_a_record_whose_content_is_not_its_runs_is_not_returned(data, tmp_path):
     run(TINY, data, tmp_path)
-    with pytest.raises(ResultMismatch, match="hparams.lr saved 0.05, asked 0.01.*--force"):
-        run(TINY, data, tmp_path, replace(FAST, lr=0.01))
+    path = record_path(tmp_path, TINY, resolved())
+    path.write_text(path.read_text().replace('"lr": 0.05', '"lr": 0.01'))  # copied from, or edited to, another run
+    with pytest.raises(ResultMismatch, match="hparams.lr saved 0.01, asked 0.05.*--force"):
+        run(TINY, data, tmp_path)
 
 
-def test_a_checkpoint_made_with_other_hparams_is_not_resumed(data, tmp_path, monkeypatch):
+def test_a_checkpoint_whose_content_is_not_its_runs_is_not_resumed(data, tmp_path, monkeypatch):
     dies_at_call(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         run(TINY, data, tmp_path)  # dies in round 2: phase 0 and round 1 are saved
     phase0 = {p: p.read_bytes() for p in tmp_path.glob("checkpoints/phase0/*.pt")}
+    ckpt = checkpoint_path(tmp_path, TINY, resolved())
+    saved = torch.load(ckpt, weights_only=False)
+    save_atomic({**saved, "identity": {**saved["identity"], "hparams": {**saved["identity"]["hparams"], "lr": 0.01}}},
+                ckpt)
+    monkeypatch.undo()
     with pytest.raises(ResultMismatch, match=r"\.pt was made with other settings .*hparams.lr"):
-        run(TINY, data, tmp_path, replace(FAST, lr=0.01))
+        run(TINY, data, tmp_path)
     assert {p: p.read_bytes() for p in phase0} == phase0  # the shared phase 0 was not overwritten
 
 
@@ -79,10 +85,10 @@ def test_the_same_data_file_elsewhere_reuses_phase0_and_no_path_is_saved(fake_np
     (tmp_path / "moved").mkdir()
     os.symlink(fake_npz, tmp_path / "moved" / "cifar10.npz")
     calls = count_training(monkeypatch)
-    other = RunSpec.of("random", sparsity=0.5, rounds=1, epochs=1)
+    other = RunSpec.of("random", sparsity=0.5, rounds=1, epochs=1, model="tiny")
     record = run(other, load_data(tmp_path / "moved"), tmp_path / "results")
     assert calls == ["round 1/1"]  # phase 0 came from the first run
-    saved = record_path(tmp_path / "results", other).read_text()
+    saved = record_path(tmp_path / "results", other, resolved()).read_text()
     assert str(tmp_path) not in saved and record["data"]["file"] == "cifar10.npz"
 
 
@@ -90,14 +96,14 @@ def test_the_same_data_file_elsewhere_reuses_phase0_and_no_path_is_saved(fake_np
 
 def test_force_keeps_the_old_record_until_the_new_run_is_complete(data, tmp_path, monkeypatch):
     run(TINY, data, tmp_path)
-    before = record_path(tmp_path, TINY).read_text()
+    before = record_path(tmp_path, TINY, resolved()).read_text()
     dies_at_call(monkeypatch, 2, RuntimeError("disk full"))  # phase 0 is loaded; round 2 fails
     with pytest.raises(RuntimeError, match="disk full"):
         run(TINY, data, tmp_path, force=True)
-    assert record_path(tmp_path, TINY).read_text() == before
+    assert record_path(tmp_path, TINY, resolved()).read_text() == before
     monkeypatch.undo()
     new = run(TINY, data, tmp_path, force=True)  # resumes the forced run from its round 1, then replaces
-    assert json.loads(record_path(tmp_path, TINY).read_text()) == new
+    assert json.loads(record_path(tmp_path, TINY, resolved()).read_text()) == new
     assert new["seconds"] != json.loads(before)["seconds"]
 
 
@@ -118,7 +124,7 @@ def test_force_with_a_mistyped_data_dir_destroys_nothing(tmp_path):
 @pytest.mark.parametrize("experiment", ["lottery", "random", "reinit"])
 @pytest.mark.parametrize("dies_at", [2, 3], ids=["after phase 0", "after round 1 of 3"])
 def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(experiment, dies_at, data, tmp_path, monkeypatch):
-    spec = RunSpec.of(experiment, sparsity=0.5, rounds=3, epochs=1, dropout=0.1)
+    spec = RunSpec.of(experiment, sparsity=0.5, rounds=3, epochs=1, dropout=0.1, model="tiny")
     whole = run(spec, data, tmp_path / "whole")
     dies_at_call(monkeypatch, dies_at)
     with pytest.raises(KeyboardInterrupt):
@@ -158,7 +164,7 @@ def test_a_truncated_checkpoint_is_set_aside_and_the_run_restarts(data, tmp_path
     with pytest.raises(KeyboardInterrupt):
         run(TINY, data, tmp_path)
     monkeypatch.undo()
-    ckpt = checkpoint_path(tmp_path, TINY)
+    ckpt = checkpoint_path(tmp_path, TINY, resolved())
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     import run_all as R
     study = R.Study(tmp_path, data, resolve_hparams(FAST, torch.device("cpu")))
@@ -170,12 +176,12 @@ def test_a_truncated_checkpoint_is_set_aside_and_the_run_restarts(data, tmp_path
 
 def test_a_truncated_record_is_named_and_the_others_still_load(data, tmp_path):
     run(TINY, data, tmp_path)
-    other = RunSpec.of("random", sparsity=0.5, rounds=1, epochs=1)
+    other = RunSpec.of("random", sparsity=0.5, rounds=1, epochs=1, model="tiny")
     run(other, data, tmp_path)
-    path = record_path(tmp_path, TINY)
+    path = record_path(tmp_path, TINY, resolved())
     path.write_text(path.read_text()[:200])
     with pytest.warns(UserWarning, match=f"{path.name} is damaged.*git checkout"):
-        assert [r["name"] for r in load_records(tmp_path)] == [other.name]
+        assert [r["name"] for r in load_records(tmp_path)] == [run_name(other, resolved())]
     with pytest.raises(DamagedFile, match=f"{path} is damaged.*delete it to compute the run again"):
         run(TINY, data, tmp_path)
 
@@ -184,7 +190,7 @@ def test_a_truncated_phase0_is_set_aside_and_trained_again(data, tmp_path, capsy
     first = run(TINY, data, tmp_path)
     path, = tmp_path.glob("checkpoints/phase0/*.pt")
     path.write_bytes(path.read_bytes()[:500])
-    other = RunSpec.of("random", sparsity=0.5, rounds=2, epochs=1)
+    other = RunSpec.of("random", sparsity=0.5, rounds=2, epochs=1, model="tiny")
     record = run(other, data, tmp_path)
     assert record["history"][0]["val_acc"] == first["history"][0]["val_acc"]
     assert f"{path} is damaged" in capsys.readouterr().out

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import helpers as H
-from conftest import FAST
+from conftest import FAST, resolved
 from lth.masks import one_shot_masks, overlap
 from lth.runs import run_experiment
 from lth.spec import RunSpec
@@ -23,7 +23,7 @@ def test_saved_masks_round_trip_exactly_and_match_the_records_sparsity(data, tmp
         assert all(m.dtype == torch.bool and torch.equal(m, kept[r][k]) for k, m in masks.items())
         assert H.sparsity_report(masks)["layers"] == [e for e in record["history"] if e["round"] == r][-1][
             "layer_sparsity"]
-    assert masks_path(tmp_path, spec).stat().st_size < 3 * 62_000  # bits, 8 weights a byte: about 60 KB a round
+    assert masks_path(tmp_path, spec, resolved()).stat().st_size < 3 * 62_000  # 8 weights a byte: about 60 KB a round
 
 
 def replay_random_masks(spec: RunSpec) -> dict[int, H.Masks]:
@@ -47,7 +47,8 @@ def test_random_masks_are_the_rounds_draws_whatever_the_weights(data, tmp_path):
 
 def test_a_run_without_saved_masks_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="ran before masks were saved"):
-        load_masks(tmp_path, {"params": vars(RunSpec.of("lottery", sparsity=0.5))})
+        spec = RunSpec.of("lottery", sparsity=0.5)
+        load_masks(tmp_path, {"experiment": "lottery", "name": spec.name, "params": vars(spec)})
 
 
 def test_overlap_of_masks_built_by_hand():

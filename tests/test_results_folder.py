@@ -17,7 +17,7 @@ import torch
 
 import helpers as H
 import run_all as R
-from conftest import FAST, dies_at_call, fake_arrays, run_all
+from conftest import FAST, dies_at_call, fake_arrays, name_of, resolved, run_all
 from lth.data import data_identity, data_source, load_data
 from lth.explore import VIEWS, default_choice
 from lth.identity import DamagedFile, ResultMismatch
@@ -41,7 +41,7 @@ from lth.store import (
 )
 
 ROOT = H.ROOT
-TINY = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1)
+TINY = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1, model="tiny")  # models/tiny.py: seconds a run
 
 
 def run(spec, data, results, hp=FAST, **kw):
@@ -145,11 +145,11 @@ def test_the_summary_refuses_to_pool_records_of_different_data():
 
 def test_masks_copied_from_another_run_are_refused_naming_both_files(data, tmp_path):
     lottery = run(TINY, data, tmp_path)
-    random_spec = RunSpec.of("random", sparsity=0.5, rounds=2, epochs=1)
+    random_spec = RunSpec.of("random", sparsity=0.5, rounds=2, epochs=1, model="tiny")
     run(random_spec, data, tmp_path)
-    shutil.copy(masks_path(tmp_path, random_spec), masks_path(tmp_path, TINY))
-    with pytest.raises(ResultMismatch, match=rf"{TINY.name}\.masks\.npz holds the masks of another run than .*"
-                                               rf"{TINY.name}\.json \(params\.experiment saved 'random'"):
+    shutil.copy(masks_path(tmp_path, random_spec, resolved()), masks_path(tmp_path, TINY, resolved()))
+    with pytest.raises(ResultMismatch, match=rf"{name_of(TINY)}\.masks\.npz holds the masks of another run than .*"
+                                               rf"{name_of(TINY)}\.json \(params\.experiment saved 'random'"):
         load_masks(tmp_path, lottery)
     skipped = []
     mask_findings(load_records(tmp_path), tmp_path, skipped=skipped)
@@ -158,22 +158,22 @@ def test_masks_copied_from_another_run_are_refused_naming_both_files(data, tmp_p
 
 def test_a_forced_run_killed_before_its_record_leaves_the_old_run_whole(data, tmp_path, monkeypatch):
     run(TINY, data, tmp_path)
-    before = {p: p.read_bytes() for p in [record_path(tmp_path, TINY), masks_path(tmp_path, TINY),
+    before = {p: p.read_bytes() for p in [record_path(tmp_path, TINY, resolved()),
+                                          masks_path(tmp_path, TINY, resolved()),
                                           *tmp_path.glob("checkpoints/phase0/*.pt")]}
     real_write_json = write_json
 
     def killed_at_the_record(path, obj):
-        if path == record_path(tmp_path, TINY):
+        if path == record_path(tmp_path, TINY, resolved()):
             raise KeyboardInterrupt
         real_write_json(path, obj)
     monkeypatch.setattr("lth.store.write_json", killed_at_the_record)
     with pytest.raises(KeyboardInterrupt):
-        run(TINY, data, tmp_path, replace(FAST, lr=0.01), force=True)
+        run(TINY, data, tmp_path, force=True)
     assert {p: p.read_bytes() for p in before} == before  # record, masks and the shared phase 0 as they were
-    assert len(list(tmp_path.glob("checkpoints/phase0/*.pt"))) == 2  # the forced run trained a phase 0 of its own
     monkeypatch.undo()
-    record = run(TINY, data, tmp_path, replace(FAST, lr=0.01), force=True)  # resumes, then completes
-    assert load_masks(tmp_path, record) and not checkpoint_path(tmp_path, TINY).exists()
+    record = run(TINY, data, tmp_path, force=True)  # resumes, then completes
+    assert load_masks(tmp_path, record) and not checkpoint_path(tmp_path, TINY, resolved()).exists()
 
 
 def test_a_phase0_file_whose_content_is_not_its_name_is_refused(data, tmp_path):
@@ -196,8 +196,10 @@ def test_auto_keeps_the_precision_of_an_interrupted_run(data, tmp_path, monkeypa
     monkeypatch.undo()
     monkeypatch.setattr("lth.precision.pick_precision", lambda dev: "bf16")  # what this device alone would pick
     assert resolve_hparams(replace(FAST, precision="auto"), torch.device("cpu"), tmp_path).precision == "fp32"
-    with pytest.raises(ResultMismatch, match="--precision fp32"):
-        run(TINY, data, tmp_path, replace(FAST, precision="bf16"))
+    ckpt = checkpoint_path(tmp_path, TINY, replace(FAST, precision="fp32"))
+    saved = ckpt.read_bytes()
+    other = run(TINY, data, tmp_path, replace(FAST, precision="bf16"))  # another precision: a run of its own
+    assert other["hparams"]["precision"] == "bf16" and ckpt.read_bytes() == saved
 
 
 # E. Every file a notebook reads is named when it cannot be read, and the rest goes on.
@@ -205,7 +207,7 @@ def test_auto_keeps_the_precision_of_an_interrupted_run(data, tmp_path, monkeypa
 @pytest.mark.parametrize("content", ["{}", "null", "[1, 2]", "UNKNOWN", "LR_TEXT"])
 def test_a_record_that_is_not_a_record_is_named_and_skipped(content, data, tmp_path):
     good = run(TINY, data, tmp_path)
-    bad = record_path(tmp_path, replace(TINY, seed=1))
+    bad = record_path(tmp_path, replace(TINY, seed=1), resolved())
     if content == "UNKNOWN":
         content = json.dumps({**good, "hparams": {**good["hparams"], "momentum_2": 0.9}})
     elif content == "LR_TEXT":
@@ -213,7 +215,7 @@ def test_a_record_that_is_not_a_record_is_named_and_skipped(content, data, tmp_p
     bad.write_text(content)
     skipped = []
     with pytest.warns(UserWarning, match=f"{bad.name} is not a run record"):
-        assert [r["name"] for r in load_records(tmp_path, skipped=skipped)] == [TINY.name]
+        assert [r["name"] for r in load_records(tmp_path, skipped=skipped)] == [name_of(TINY)]
     assert len(skipped) == 1 and str(bad) in skipped[0]
     study = R.Study(tmp_path, data, resolve_hparams(FAST, torch.device("cpu")))
     assert study.status(replace(TINY, seed=1)) == "damaged" and study.status(TINY) == "done"
@@ -224,9 +226,10 @@ def test_a_record_that_is_not_a_record_is_named_and_skipped(content, data, tmp_p
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
 def test_a_damaged_masks_or_phase0_file_is_named_and_the_summary_goes_on(damage, data, tmp_path):
     run(TINY, data, tmp_path)
-    run(RunSpec.of("random", sparsity=0.5, rounds=2, epochs=1), data, tmp_path)
+    run(RunSpec.of("random", sparsity=0.5, rounds=2, epochs=1, model="tiny"), data, tmp_path)
     phase0 = list(tmp_path.glob("checkpoints/phase0/*.pt"))
-    for path in phase0 + [masks_path(tmp_path, TINY)] * (damage == "truncate"):  # a run without masks is no error
+    masks = masks_path(tmp_path, TINY, resolved())
+    for path in phase0 + [masks] * (damage == "truncate"):  # a run without masks is no error
         path.write_bytes(path.read_bytes()[:300]) if damage == "truncate" else path.unlink()
     skipped, records = [], load_records(tmp_path)
     mask_findings(records, tmp_path, skipped=skipped)  # no BadZipFile, no PytorchStreamReader error
@@ -294,7 +297,7 @@ def test_a_run_another_runner_took_meanwhile_is_skipped_not_executed_again(data,
     job = R.Job("02_lottery_sweep", {"sparsity": 0.5, "seed": 0}, TINY)
     executed = []
     monkeypatch.setattr(R, "execute", lambda *a, **k: executed.append(a))
-    lock = run_lock(tmp_path, TINY.name)  # another runner holds it, as after this one's triage
+    lock = run_lock(tmp_path, name_of(TINY))  # another runner holds it, as after this one's triage
     lock.acquire()
     try:
         args = R.parse_args(["--data-dir", "x"])
@@ -322,10 +325,14 @@ def test_an_execution_never_leaves_a_temporary_notebook_in_the_results(tmp_path,
 def test_epochs_to_train_count_only_runs_that_will_train(data, tmp_path, monkeypatch):
     run(TINY, data, tmp_path)
     differs = replace(TINY, seed=1)
-    dies_at_call(monkeypatch, 3)  # a checkpoint with other hparams, after round 1
+    dies_at_call(monkeypatch, 3)  # a checkpoint after round 1, whose content is then not what its name says
     with pytest.raises(KeyboardInterrupt):
-        run(replace(differs, rounds=2), data, tmp_path, replace(FAST, lr=0.01))
+        run(differs, data, tmp_path)
     monkeypatch.undo()
+    ckpt = checkpoint_path(tmp_path, differs, resolved())
+    saved = torch.load(ckpt, weights_only=False)
+    torch.save({**saved, "identity": {**saved["identity"], "hparams": {**saved["identity"]["hparams"], "lr": 0.01}}},
+               ckpt)
     study = R.Study(tmp_path, data, resolve_hparams(FAST, torch.device("cpu")))
     assert study.status(TINY) == "done" and study.status(differs) == "differs"
     assert study.epochs_left([TINY, differs]) == 0
@@ -353,3 +360,4 @@ def test_a_record_names_every_device_that_computed_it(data, tmp_path, monkeypatc
     record = run(TINY, data, tmp_path)
     assert [e["device"] for e in record["history"]] == ["machine A", "machine B", "machine B"]
     assert record["device"] == "machine A; machine B"
+
