@@ -96,6 +96,11 @@ def run_name(spec: RunSpec, hp: H.HParams) -> str:
     so each setting and each network is a run of its own and the study's names stay as they were."""
     return spec.name + name_suffix(apart(spec, hp))
 
+def record_name(record: dict) -> str:
+    """The name a record's own identity gives it (its network as saved, which may be an earlier version's)."""
+    spec = RunSpec(**record["params"])
+    return spec.name + name_suffix(apart(spec, H.HParams(**record["hparams"]), record.get("network")))
+
 def theta0_name(spec: RunSpec) -> str:
     """θ0 is a function of the network and the seed alone: named by them, and by the network's fingerprint when it
     is not the study's."""

@@ -66,7 +66,10 @@ def run_experiment(spec: RunSpec, data: H.Data, device: str | torch.device | Non
         if out.exists() and not force:
             record = store.read_record(out)
             check_identity(out, record_identity(record), asked)
-            if saved is not None and checkpoint_identity(saved, ckpt) == asked:  # stopped between record and masks
+            # a checkpoint of this very run (stopped between its record and its masks) finishes it; any other is a
+            # forced run in progress, and the record beside it stays the old one until that run completes
+            if saved is not None and checkpoint_identity(saved, ckpt) == asked \
+                    and saved["history"] == record["history"]:
                 finish_run(results_dir, spec, hp, saved["round_masks"], asked)
             return record
         if saved is not None and force and checkpoint_identity(saved, ckpt) != asked:

@@ -36,6 +36,7 @@ from lth.identity import (
     phase0_file_identity,
     phase0_identity,
     record_identity,
+    record_name,
     run_name,
     saved_identity,
     theta0_name,
@@ -87,6 +88,10 @@ def results_root(path: str | os.PathLike | None = None, quick: bool = False, sou
     quick = as_bool("quick", quick)
     if path:
         folder = H.ROOT / path
+        if H.ROOT.resolve().is_relative_to(folder.resolve()) or any(folder.glob("*.py")) or any(folder.glob("*.ipynb")):
+            raise ValueError(f"results_dir={str(path)!r} holds source files (the repository, notebooks/, ...): runs "
+                             "and executed notebooks written there would overwrite them. Name a folder of its own, "
+                             "e.g. results_mine, or leave results_dir unset.")
         if quick and folder.resolve().is_relative_to(PUBLISHED_RESULTS.resolve()):
             raise ValueError(f"results_dir={str(path)!r}: a quick run never writes under {PUBLISHED_RESULTS.name}/, "
                              "the published study; leave results_dir unset (quick runs go to results_quick/) or "
@@ -242,7 +247,12 @@ def load_records(results_dir: Path | str | None = None, experiment: str | None =
     records = []
     for path in sorted(Path(results_dir or results_root()).glob(f"runs/{experiment or '*'}/*.json")):
         try:
-            records.append(read_record(path))
+            record = read_record(path)
+            if path != record_file(path.parents[2], record) or record["name"] != record_name(record):
+                raise DamagedFile(f"{path} is a stray file: the record in it belongs at runs/{record['experiment']}/"
+                                  f"{record_name(record)}.json (a copy, or a renamed file?). It is left out, so no "
+                                  "run counts twice; move it there, or delete it.")
+            records.append(record)
         except DamagedFile as e:
             warnings.warn(str(e), stacklevel=2)
             if skipped is not None:

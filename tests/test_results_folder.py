@@ -361,3 +361,35 @@ def test_a_record_names_every_device_that_computed_it(data, tmp_path, monkeypatc
     assert [e["device"] for e in record["history"]] == ["machine A", "machine B", "machine B"]
     assert record["device"] == "machine A; machine B"
 
+
+# G. Results integrity, third round: one record per run, no stale checkpoint finishes a run, no source overwritten.
+
+def test_a_partial_checkpoint_of_a_forced_rerun_never_replaces_a_finished_runs_masks(data, tmp_path, monkeypatch):
+    first = run(TINY, data, tmp_path)
+    masks = masks_path(tmp_path, TINY, resolved()).read_bytes()
+    dies_at_call(monkeypatch, 2)  # the forced rerun (phase 0 loaded) dies in round 2: its checkpoint holds round 1
+    with pytest.raises(KeyboardInterrupt):
+        run(TINY, data, tmp_path, force=True)
+    monkeypatch.undo()
+    assert run(TINY, data, tmp_path) == first  # the finished run, as it was
+    assert masks_path(tmp_path, TINY, resolved()).read_bytes() == masks and len(load_masks(tmp_path, first)) == 2
+    assert checkpoint_path(tmp_path, TINY, resolved()).exists()  # the forced run is still in progress
+
+
+@pytest.mark.parametrize("copy", ["X (copy).json", "X.bak.json", "../random/X.json"])
+def test_a_copied_record_is_a_stray_file_never_another_seed(copy, data, tmp_path):
+    record = run(TINY, data, tmp_path)
+    path = record_path(tmp_path, TINY, resolved())
+    target = (path.parent / copy.replace("X", path.stem)).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, target)
+    skipped = []
+    with pytest.warns(UserWarning, match="is a stray file"):
+        assert load_records(tmp_path, skipped=skipped) == [load_records(tmp_path, "lottery")[0]]
+    assert len(skipped) == 1 and str(target) in skipped[0] and record["name"] in skipped[0]
+
+
+@pytest.mark.parametrize("folder", [".", "notebooks", "lth", ".."])
+def test_a_results_folder_holding_source_files_is_refused(folder):
+    with pytest.raises(ValueError, match="holds source files"):
+        results_root(folder)
