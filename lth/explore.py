@@ -1,6 +1,6 @@
 """The explorer's views (07_explore): each draws from saved runs only (records, masks, θ0, phase 0) and returns a
-figure; `choice` says what to draw: arms, sparsity ("all" or one), model (model_label), seeds ("mean" with its range,
-or "each"), and the seed whose masks are shown."""
+figure; `choice` says what to draw: arms, sparsity ("all" or one), model (`setup_label`: network, flags, settings),
+seeds ("mean" with its range, or "each"), and the seed whose masks are shown."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from lth import store
+from lth.identity import setup_label
 from lth.masks import chosen, one_shot_masks, overlap, runs_with_masks
 from lth.plots import caveat, level, outside_legend, seed_range, words
 from lth.report import UNREADABLE, history_table, labels
@@ -37,7 +38,7 @@ def default_choice(records: list[dict], results_dir: Path | str | None = None) -
     masks were kept have none to show)."""
     pruned = [r for r in records if r["experiment"] in pruned_arms()]
     sparsities = sorted({r["params"]["sparsity"] for r in pruned})
-    labels = [model_label(r["params"]) for r in pruned]
+    labels = [setup_label(r) for r in pruned]
     study = model_label(RunSpec.of("lottery", sparsity=0.5).__dict__)
     choice = {"arms": [name for name in pruned_arms() if ARMS[name].shown],
               "sparsity": 0.5 if 0.5 in sparsities else "all",

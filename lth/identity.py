@@ -15,7 +15,7 @@ import torch
 
 import helpers as H
 from lth.data import data_identity
-from lth.spec import RunSpec
+from lth.spec import RunSpec, model_label
 
 PROBE = (4, 3, 32, 32)  # the fixed batch a network's θ0 is asked about
 DECIMALS = 6  # outputs rounded so that another CPU's last bits (about 1e-14 here) never count, and any edit does
@@ -123,6 +123,13 @@ def configuration(record: dict) -> str:
     if network != network_of(spec):
         parts.append(f"an earlier version of it (network {(network or {}).get('outputs', 'unknown')[:8]})")
     return ", ".join(parts)
+
+def setup_label(record: dict) -> str:
+    """A run's network and flags, with its settings when they are not the study's: 'BatchNorm, dropout 0',
+    'conv2, BatchNorm, dropout 0', 'BatchNorm, dropout 0; lr 0.1'. The explorer's model choice: never two pooled."""
+    extra = configuration(record).removeprefix(record["params"]["model"]).removeprefix(", ")
+    return model_label(record["params"]) + (f"; {extra}" if extra else "")
+
 
 def configurations(records: list[dict]) -> dict[str, list[dict]]:
     """`records` by configuration: the committed study's (the lab's CNN, the study's settings) first, then the

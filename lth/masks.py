@@ -9,8 +9,8 @@ import torch
 
 import helpers as H
 from lth import store
+from lth.identity import setup_label
 from lth.report import UNREADABLE
-from lth.spec import model_label
 
 
 def overlap(a: H.Masks, b: H.Masks) -> dict[str, float]:
@@ -31,7 +31,7 @@ def one_shot_masks(weights: dict[str, torch.Tensor], sparsity: float) -> H.Masks
 
 def chosen(records: list[dict], choice: dict) -> list[dict]:
     """The records of `choice`: its arms, its model, and its sparsity ("all": every one)."""
-    return [r for r in records if r["experiment"] in choice["arms"] and model_label(r["params"]) == choice["model"]
+    return [r for r in records if r["experiment"] in choice["arms"] and setup_label(r) == choice["model"]
             and (choice["sparsity"] == "all" or np.isclose(r["params"]["sparsity"], choice["sparsity"]))]
 
 
@@ -56,7 +56,7 @@ def mask_findings(records: list[dict], results_dir: Path | str, sparsity: float 
     the ticket a one-shot prune at round 1 would already have chosen; each beside its chance value. A file that
     cannot be read is named in `skipped`, and the rest goes on."""
     out, skipped = [], skipped if skipped is not None else []
-    models = sorted({model_label(r["params"]) for r in records if r["experiment"] == "lottery"})
+    models = sorted({setup_label(r) for r in records if r["experiment"] == "lottery"})
     for model, seed in [(m, s) for m in models for s in sorted({r["params"]["seed"] for r in records})]:
         choice = {"arms": ["lottery", "random"], "model": model, "sparsity": sparsity, "seed": seed}
         who = f"{model}: " if len(models) > 1 else ""

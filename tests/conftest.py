@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lth.data import load_data
+from lth.identity import network_of
 from lth.spec import RunSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -114,4 +115,5 @@ def fake_record(experiment: str, acc: float, phase0: float = 0.75, quick: bool =
     return {"experiment": experiment, "name": spec.name, "params": vars(spec), "final_val_acc": acc, "seconds": 1.0,
             "final_sparsity": spec.sparsity, "history": history, "device": "cpu: test",
             "hparams": {"precision": "bf16"},
-            "data": {"sha256": "test", "description": "test data", **({"subset": [2048, 1024]} if quick else {})}}
+            "data": {"sha256": "test", "description": "test data", **({"subset": [2048, 1024]} if quick else {})},
+            "network": network_of(spec)}

@@ -144,3 +144,19 @@ def test_a_late_rewinding_run_with_a_phase0_of_its_own_is_judged_against_it():
     assert "Late rewinding (mean of seeds 0, 1; their phase 0 72.50%)" in text
     line = plots.plot_classic(curve).get_lines()[-1]
     assert line.get_ydata()[0] == pytest.approx(0.75)
+
+
+def test_runs_of_other_settings_are_stated_apart_never_pooled():
+    """A bf16 folder where someone ran seed 1 in fp32: two configurations, each with one seed, never one with two."""
+    from lth.explore import default_choice
+    from lth.identity import configurations, setup_label
+    from lth.masks import chosen
+    bf16 = [fake_record("lottery", 0.80, sparsity=0.5, seed=0), fake_record("random", 0.74, sparsity=0.5, seed=0)]
+    fp32 = [{**fake_record("lottery", 0.10, sparsity=0.5, seed=1), "hparams": {"precision": "fp32"}}]
+    groups = configurations(fp32 + bf16)
+    assert list(groups) == ["cnn", "cnn, precision fp32"] and groups["cnn"] == bf16
+    text = "\n".join(findings(groups["cnn"]))
+    assert "lottery ticket 80.00% (1 seed)" in text and "10.00%" not in text
+    choice = default_choice(fp32 + bf16)
+    assert choice["model"] == "BatchNorm, dropout 0" and setup_label(fp32[0]) == "BatchNorm, dropout 0; precision fp32"
+    assert chosen(fp32 + bf16, {**choice, "arms": ["lottery"]}) == bf16[:1]
