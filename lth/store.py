@@ -6,7 +6,7 @@ written atomically under a lock and read through one loader that names the path,
     <results>/runs/<experiment>/<run>.masks.npz  its masks after every round, with its identity
     <results>/checkpoints/<run>.pt               an unfinished run, after its last finished round
     <results>/checkpoints/phase0/<name>_<identity hash>.pt   a dense phase 0, shared by the arms that start there
-    <results>/checkpoints/theta0/<model>_seed<seed>.pt       θ0, once per network and seed
+    <results>/checkpoints/theta0/<model>_seed<seed>.pt       θ0, once per network and seed (drawn again if missing)
 """
 from __future__ import annotations
 
@@ -279,7 +279,7 @@ def save_masks(path: Path, round_masks: dict[int, dict[str, torch.Tensor]], iden
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
-            np.savez(f, **arrays)
+            np.savez_compressed(f, **arrays)  # a quarter smaller: sparse rounds' masks are mostly zeros
     atomic_write(path, write)
 
 def load_masks(results_dir: Path | str, record: dict) -> dict[int, H.Masks]:
@@ -336,13 +336,14 @@ def save_theta0(results_dir: Path | str, spec: RunSpec, theta0: dict[str, torch.
     save_atomic({"network": network_of(spec), "state": to_cpu(theta0)}, theta0_path(results_dir, spec))
 
 def load_theta0(results_dir: Path | str, spec: RunSpec) -> dict[str, torch.Tensor]:
-    """The initial weights of a run's network and seed, saved once and shared by every phase 0 that starts there;
-    checked against the network asked."""
+    """The initial weights of a run's network and seed, shared by every phase 0 that starts there; checked against
+    the network asked. θ0 is a function of the network's code and the seed alone, so a missing file (θ0 is not
+    committed) is drawn again, bit for bit, and saved."""
     path = theta0_path(results_dir, spec)
-    saved = read_pt(path, print, "phase 0 cannot start without it") if path.exists() else None
+    saved = read_pt(path, print, "it is drawn again") if path.exists() else None
     if saved is None:
-        raise DamagedFile(f"{path} is missing or damaged: it holds the initial weights of {spec.phase0_name}'s "
-                          "model. Restore it (`git checkout -- PATH`), or delete the phase-0 files of this seed to "
-                          "train them again.")
+        saved = {"network": network_of(spec), "state": H.snapshot(H.build_model(spec.seed, spec.batchnorm,
+                                                                                spec.dropout, spec.model))}
+        save_atomic(saved, path)
     check_identity(path, {"network": saved.get("network")}, {"network": network_of(spec)})
     return saved["state"]

@@ -194,3 +194,14 @@ def test_a_model_file_is_planned_trained_stated_and_offered(tmp_path):
                               "default_choice(store.load_records(sys.argv[1]))['model'])", str(results)], cwd=repo,
                              capture_output=True, text=True, timeout=300)
     assert offered.stdout.strip() == "made_up, BatchNorm, dropout 0", offered.stderr
+
+
+def test_a_missing_theta0_is_drawn_again_bit_for_bit(data, tmp_path):
+    from lth import store
+    spec = RunSpec.of("lottery", sparsity=0.5, rounds=1, epochs=1, model="tiny")
+    run_experiment(spec, data, "cpu", tmp_path, FAST, progress=False)
+    path = store.theta0_path(tmp_path, spec)
+    saved = torch.load(path, weights_only=True)["state"]
+    path.unlink()  # θ0 is not committed
+    again = store.load_theta0(tmp_path, spec)
+    assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved) and path.exists()
