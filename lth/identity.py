@@ -20,7 +20,10 @@ from lth.spec import RunSpec, model_label
 PROBE = (4, 3, 32, 32)  # the fixed batch a network's θ0 is asked about
 DECIMALS = 6  # outputs rounded so that another CPU's last bits (about 1e-14 here) never count, and any edit does
 
-STUDY_HPARAMS = {"precision": "bf16"}  # the committed study's HParams beyond the defaults: its names carry no hash
+# The committed study's HParams, as values (not as the code's defaults, which a student may edit): runs made with
+# them carry no hash in their names; a field added later is compared with its default.
+STUDY_HPARAMS = {"batch_size": 512, "lr": 0.2, "lr_no_batchnorm": 0.05, "warmup": 0.2, "momentum": 0.9,
+                 "weight_decay": 0.0005, "label_smoothing": 0.1, "precision": "bf16", "channels_last": True}
 STUDY_NETWORKS = {  # what the lab's CNN computed in the committed study, checked against its θ0 files
     ("cnn", True): {"parameters": "a91f689c563115bd", "outputs": "88190b80ad8c2872"},
     ("cnn", False): {"parameters": "db4eee8e434cf3af", "outputs": "e7617db99829840b"},
@@ -84,7 +87,8 @@ def is_study_network(model: str, batchnorm: bool, network: dict | None) -> bool:
 def apart(spec: RunSpec, hp: H.HParams, network: dict | None = None) -> dict:
     """What sets a run apart from the committed study beyond the fields its name spells out: hyper-parameters other
     than the study's, and a network (today's, unless given) that computes something other than the study's CNN."""
-    out = {k: v for k, v in non_default(hp).items() if STUDY_HPARAMS.get(k) != v}
+    out = {f.name: getattr(hp, f.name) for f in fields(hp)
+           if getattr(hp, f.name) != STUDY_HPARAMS.get(f.name, f.default)}
     network = network or network_of(spec)
     return out if is_study_network(spec.model, spec.batchnorm, network) else {**out, "network": network}
 

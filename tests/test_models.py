@@ -205,3 +205,13 @@ def test_a_missing_theta0_is_drawn_again_bit_for_bit(data, tmp_path):
     path.unlink()  # θ0 is not committed
     again = store.load_theta0(tmp_path, spec)
     assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved) and path.exists()
+
+
+def test_a_learning_rate_edited_in_helpers_is_another_run_not_the_studys(monkeypatch):
+    """A student edits HParams' default lr in helpers.py: the study's record keeps its name, the new run gets another."""
+    from dataclasses import field, make_dataclass
+    edited = make_dataclass("HParams", [("lr", float, field(default=0.1))], bases=(H.HParams,), frozen=True)
+    study = H.HParams(precision="bf16")
+    monkeypatch.setattr(H, "HParams", edited)
+    assert run_name(SPEC, study) == SPEC.name  # the committed run, read back under the edited code
+    assert run_name(SPEC, edited(precision="bf16")) != SPEC.name
