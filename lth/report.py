@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from lth import store
-from lth.identity import DamagedFile, ResultMismatch
+from lth.identity import DamagedFile, ResultMismatch, configuration
 from lth.spec import ARMS, CLASSIC, RunSpec, is_classic, model_label, plural, pruned_arms
 
 UNREADABLE = (FileNotFoundError, DamagedFile, ResultMismatch)  # a saved file that is skipped, and named
@@ -321,7 +321,8 @@ def classic_findings(records: list[dict], model: dict) -> list[str]:
 def reading(record: dict, results_dir: Path | str) -> str:
     """A run's result in words: against the dense baseline of its model and the other arms at its sparsity."""
     p = record["params"]
-    same_model = lambda r: all(r["params"][k] == p[k] for k in ("batchnorm", "dropout", "seed"))
+    same_model = lambda r: configuration(r) == configuration(record) and all(  # the same network and settings
+        r["params"][k] == p[k] for k in ("batchnorm", "dropout", "seed"))
     text = (f"{record['name']}: {record['final_val_acc']:.2%} validation accuracy at sparsity "
             f"{record['final_sparsity']:.1%}")
     if is_quick([record]):

@@ -13,7 +13,7 @@ from lth.readme import results_markdown, write_readme_results
 from lth.report import classic_curve, findings, reading
 from lth.runs import run_experiment
 from lth.spec import ARMS, CLASSIC, RunSpec
-from lth.store import MANIFEST, checkpoint_path, record_path, write_json
+from lth.store import MANIFEST, checkpoint_path, record_file, record_path, write_json
 
 ROOT = H.ROOT
 
@@ -104,7 +104,7 @@ def test_reading_compares_with_the_dense_baseline_and_the_other_arms(tmp_path):
         r = {"experiment": experiment, "name": spec.name, "params": vars(spec), "final_val_acc": acc,
              "final_sparsity": spec.sparsity, "history": history, "hparams": {"precision": "bf16"},
              "data": {"sha256": "test"}}
-        write_json(record_path(tmp_path, spec, resolved()), r)
+        write_json(record_file(tmp_path, r), r)
         return r
     record("baseline", 0.85)
     record("baseline", 0.80, batchnorm=False)  # another model: not its baseline

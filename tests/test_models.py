@@ -208,7 +208,7 @@ def test_a_missing_theta0_is_drawn_again_bit_for_bit(data, tmp_path):
 
 
 def test_a_learning_rate_edited_in_helpers_is_another_run_not_the_studys(monkeypatch):
-    """A student edits HParams' default lr in helpers.py: the study's record keeps its name, the new run gets another."""
+    """A student edits HParams' default lr in helpers.py: the study's record keeps its name; the new run gets one."""
     from dataclasses import field, make_dataclass
     edited = make_dataclass("HParams", [("lr", float, field(default=0.1))], bases=(H.HParams,), frozen=True)
     study = H.HParams(precision="bf16")

@@ -7,10 +7,11 @@ import torch
 
 import helpers as H
 import lth.precision
+from lth.identity import network_of, run_name
 from lth.precision import Bf16Conv, Bf16ConvOnFp32Kernels, kernels, pick_precision, probe_speed
 from lth.runs import resolve_hparams, run_experiment
 from lth.spec import RunSpec
-from lth.store import write_json
+from lth.store import record_file, write_json
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")
@@ -99,18 +100,19 @@ def test_bf16_autocast_uses_fp32_kernels_only_where_the_cpu_lacks_bf16_convoluti
 
 def record(precision: str) -> dict:
     spec = RunSpec.of("lottery", sparsity=0.5)
-    return {"experiment": "lottery", "name": spec.name, "params": vars(spec),
-            "hparams": {**vars(H.HParams()), "precision": precision}, "history": [{"round": 0, "val_acc": 0.5}],
-            "final_val_acc": 0.5, "final_sparsity": 0.5, "data": {"sha256": "test"}}
+    hp = H.HParams(precision=precision)
+    return {"experiment": "lottery", "name": run_name(spec, hp), "params": vars(spec), "hparams": vars(hp),
+            "history": [{"round": 0, "val_acc": 0.5}], "final_val_acc": 0.5, "final_sparsity": 0.5,
+            "data": {"sha256": "test"}, "network": network_of(spec)}
 
 
 def test_a_study_keeps_the_precision_its_runs_used(tmp_path, monkeypatch):
     monkeypatch.setattr("lth.precision.pick_precision", lambda dev: "fp32")  # what this device alone would pick
     assert resolve_hparams(H.HParams(), CPU, tmp_path).precision == "fp32"
-    write_json(tmp_path / "runs" / "lottery" / "a.json", record("bf16"))
+    write_json(record_file(tmp_path, record("bf16")), record("bf16"))
     assert resolve_hparams(H.HParams(), CPU, tmp_path).precision == "bf16"
     assert resolve_hparams(H.HParams(precision="fp16"), CPU, tmp_path).precision == "fp16"  # explicit wins
-    write_json(tmp_path / "runs" / "lottery" / "b.json", record("fp32"))
+    write_json(record_file(tmp_path, record("fp32")), record("fp32"))
     with pytest.raises(ValueError, match=r"precisions \['bf16', 'fp32'\]: pass precision explicitly"):
         resolve_hparams(H.HParams(), CPU, tmp_path)
 
