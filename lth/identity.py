@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 
 import torch
@@ -20,10 +20,13 @@ from lth.spec import RunSpec, model_label
 PROBE = (4, 3, 32, 32)  # the fixed batch a network's θ0 is asked about
 DECIMALS = 6  # outputs rounded so that another CPU's last bits (about 1e-14 here) never count, and any edit does
 
-# The committed study's HParams, as values (not as the code's defaults, which a student may edit): runs made with
-# them carry no hash in their names; a field added later is compared with its default.
-STUDY_HPARAMS = {"batch_size": 512, "lr": 0.2, "lr_no_batchnorm": 0.05, "warmup": 0.2, "momentum": 0.9,
-                 "weight_decay": 0.0005, "label_smoothing": 0.1, "precision": "bf16", "channels_last": True}
+# The HParams defaults the committed study ran with, as values: hyper-parameters are identified by how they differ
+# from these, not from the code's defaults, which a student may edit (another lr must never pass for the study's).
+# A field added later is compared with its own default. The study's runs differ by their precision alone, and their
+# names carry no hash (STUDY_HPARAMS).
+HPARAMS_BASE = {"batch_size": 512, "lr": 0.2, "lr_no_batchnorm": 0.05, "warmup": 0.2, "momentum": 0.9,
+                "weight_decay": 0.0005, "label_smoothing": 0.1, "precision": "auto", "channels_last": True}
+STUDY_HPARAMS = {**HPARAMS_BASE, "precision": "bf16"}
 STUDY_NETWORKS = {  # what the lab's CNN computed in the committed study, checked against its θ0 files
     ("cnn", True): {"parameters": "a91f689c563115bd", "outputs": "88190b80ad8c2872"},
     ("cnn", False): {"parameters": "db4eee8e434cf3af", "outputs": "e7617db99829840b"},
@@ -35,6 +38,12 @@ class ResultMismatch(RuntimeError):
 
 class DamagedFile(RuntimeError):
     """A saved result cannot be read; the message names the file and what to do."""
+
+def hparams_identity(hparams: H.HParams | dict, base: dict = HPARAMS_BASE) -> dict:
+    """Hyper-parameters as they differ from `base`; a saved dict (that difference, or every field) is read the same
+    way, so what a file says never depends on today's defaults."""
+    hp = hparams if is_dataclass(hparams) else H.HParams(**{**HPARAMS_BASE, **hparams})
+    return {f.name: getattr(hp, f.name) for f in fields(hp) if getattr(hp, f.name) != base.get(f.name, f.default)}
 
 def non_default(obj) -> dict:
     """A dataclass's fields that differ from their defaults."""
@@ -64,13 +73,13 @@ def network_of(spec: RunSpec) -> dict:
     return network_fingerprint(spec.model, bool(spec.batchnorm), float(spec.dropout))
 
 def run_identity(spec: RunSpec, hp: H.HParams, source: dict) -> dict:
-    return {"params": non_default(spec), "hparams": non_default(hp), "data": data_identity(source),
+    return {"params": non_default(spec), "hparams": hparams_identity(hp), "data": data_identity(source),
             "network": network_of(spec)}
 
 def saved_identity(params: dict, hparams: dict, data: dict, network: dict | None = None) -> dict:
     """The identity of what was saved with these params, hparams, data and network, in any schema they were saved in
     (a file saved before networks were fingerprinted has none, and matches no run)."""
-    return {"params": non_default(RunSpec(**params)), "hparams": non_default(H.HParams(**hparams)),
+    return {"params": non_default(RunSpec(**params)), "hparams": hparams_identity(hparams),
             "data": data_identity(data), "network": network}
 
 def record_identity(record: dict) -> dict:
@@ -79,7 +88,8 @@ def record_identity(record: dict) -> dict:
 def phase0_identity(spec: RunSpec, hp: H.HParams, source: dict) -> dict:
     model = {k: getattr(spec, k) for k in ("batchnorm", "dropout", "epochs", "seed")}
     model |= {} if spec.model == "cnn" else {"model": spec.model}
-    return {"model": model, "hparams": non_default(hp), "data": data_identity(source), "network": network_of(spec)}
+    return {"model": model, "hparams": hparams_identity(hp), "data": data_identity(source),
+            "network": network_of(spec)}
 
 def is_study_network(model: str, batchnorm: bool, network: dict | None) -> bool:
     return STUDY_NETWORKS.get((model, bool(batchnorm))) == network
@@ -87,8 +97,7 @@ def is_study_network(model: str, batchnorm: bool, network: dict | None) -> bool:
 def apart(spec: RunSpec, hp: H.HParams, network: dict | None = None) -> dict:
     """What sets a run apart from the committed study beyond the fields its name spells out: hyper-parameters other
     than the study's, and a network (today's, unless given) that computes something other than the study's CNN."""
-    out = {f.name: getattr(hp, f.name) for f in fields(hp)
-           if getattr(hp, f.name) != STUDY_HPARAMS.get(f.name, f.default)}
+    out = hparams_identity(hp, STUDY_HPARAMS)
     network = network or network_of(spec)
     return out if is_study_network(spec.model, spec.batchnorm, network) else {**out, "network": network}
 
@@ -187,7 +196,7 @@ def checkpoint_identity(saved: dict, path: Path) -> dict:
 def phase0_file_identity(saved: dict, path: Path) -> dict:
     try:
         identity = saved["identity"]
-        return {"model": identity["model"], "hparams": non_default(H.HParams(**identity["hparams"])),
+        return {"model": identity["model"], "hparams": hparams_identity(identity["hparams"]),
                 "data": data_identity(identity["data"]), "network": identity.get("network")}
     except (KeyError, TypeError, ValueError) as e:
         raise DamagedFile(f"{path} carries no readable identity ({type(e).__name__}: {e}); delete it, and phase 0 is "

@@ -10,7 +10,7 @@ import torch.nn as nn
 import helpers as H
 from conftest import FAST, resolved
 from lth.batch import Study
-from lth.identity import fingerprint_of, network_of, run_identity, run_name
+from lth.identity import fingerprint_of, network_of, phase0_file_identity, phase0_identity, run_identity, run_name
 from lth.runs import run_experiment
 from lth.spec import RunSpec
 from lth.store import record_path, write_json
@@ -215,3 +215,8 @@ def test_a_learning_rate_edited_in_helpers_is_another_run_not_the_studys(monkeyp
     monkeypatch.setattr(H, "HParams", edited)
     assert run_name(SPEC, study) == SPEC.name  # the committed run, read back under the edited code
     assert run_name(SPEC, edited(precision="bf16")) != SPEC.name
+    source = {"sha256": "x"}  # and its phase 0 is its own: a saved one says lr only by leaving it out
+    saved = {"model": {"batchnorm": True, "dropout": 0.0, "epochs": 5, "seed": 0}, "hparams": {"precision": "bf16"},
+             "data": source, "network": network_of(SPEC)}
+    assert phase0_file_identity({"identity": saved}, None) == phase0_identity(SPEC, study, source)
+    assert phase0_file_identity({"identity": saved}, None) != phase0_identity(SPEC, edited(precision="bf16"), source)
