@@ -134,7 +134,7 @@ class Study:
         if not ckpt.exists():
             return "to do"
         try:
-            saved = torch.load(ckpt, map_location="cpu", mmap=True)
+            saved = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)
         except Exception:
             return "partial"  # a damaged checkpoint is set aside and the run restarts after its phase 0
         try:
@@ -153,7 +153,8 @@ class Study:
     def rounds_done(self, spec: RunSpec) -> int:
         """Rounds an interrupted run has finished (its checkpoint), 0 for a run not started or a damaged checkpoint."""
         try:
-            saved = torch.load(store.checkpoint_path(self.results, spec, self.hp), map_location="cpu", mmap=True)
+            saved = torch.load(store.checkpoint_path(self.results, spec, self.hp), map_location="cpu", mmap=True,
+                               weights_only=True)
             return saved["history"][-1]["round"]
         except Exception:
             return 0
@@ -271,7 +272,7 @@ def problem(study: Study, spec: RunSpec, state: str) -> str:
             check_identity(path, record_identity(store.read_record(path)), study.identity(spec))
         else:
             path = store.checkpoint_path(study.results, spec, study.hp)
-            saved = torch.load(path, map_location="cpu", mmap=True)
+            saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
             check_identity(path, checkpoint_identity(saved, path), study.identity(spec))
     except (ResultMismatch, DamagedFile) as e:
         return str(e).replace("force=True (run_all.py --force)", "--force")

@@ -37,8 +37,8 @@ def saved_precisions(results_dir: Path | str) -> set[str]:
     used = {H.HParams(**r["hparams"]).precision for r in store.load_records(results_dir)}
     for path in [*Path(results_dir).glob("checkpoints/*.pt"), *Path(results_dir).glob("checkpoints/phase0/*.pt")]:
         try:  # mmap: only the small identity is read, not the weights
-            used.add(H.HParams(**torch.load(path, map_location="cpu", mmap=True)["identity"]["hparams"])
-                     .precision)
+            saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            used.add(H.HParams(**saved["identity"]["hparams"]).precision)
         except Exception:
             pass  # a damaged checkpoint is named, and set aside, when its run resumes
     return used

@@ -217,7 +217,7 @@ RECORD_KEYS = ("experiment", "name", "params", "hparams", "history", "final_val_
 def read_pt(path: Path, say: Callable, then: str):
     """A checkpoint, or None when it is damaged: it is then set aside as <name>.damaged and the caller goes on."""
     try:
-        return torch.load(path, map_location="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         aside = path.with_name(path.name + ".damaged")
         os.replace(path, aside)
@@ -320,14 +320,14 @@ def load_phase0(results_dir: Path | str, record: dict) -> dict:
         raise FileNotFoundError(f"{path} does not exist: the phase 0 of {record['name']} is not in this folder "
                                 "(only the shared 5-epoch phases 0 are committed); run it again to recompute it.")
     try:
-        saved = torch.load(path, map_location="cpu")
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise DamagedFile(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}). Restore it "
                           "(`git checkout -- PATH` if it is committed), or delete it to train it again.") from None
     check_identity(path, phase0_file_identity(saved, path), phase0_identity(spec, hp, record["data"]))
     point = rewind_point_path(results_dir, spec, hp, record["data"]) if spec.rewind_epoch else None
     if point and point.exists():  # a replay that left the saved phase 0's path is the run's own phase 0
-        own = torch.load(point, map_location="cpu").get("phase0")
+        own = torch.load(point, map_location="cpu", weights_only=True).get("phase0")
         return {**saved, **own} if own else saved
     return saved
 

@@ -61,13 +61,13 @@ def migrate_phase0(results: Path) -> int:
         match = OLD_PHASE0.fullmatch(path.name)
         if not match:
             continue
-        saved = torch.load(path, map_location="cpu")
+        saved = torch.load(path, map_location="cpu", weights_only=True)
         run = spec.RunSpec("baseline", rounds=0, epochs=int(match["epochs"]), batchnorm=match["bn"] == "1",
                            dropout=float(match["do"]), seed=int(match["seed"]))
         hp = H.HParams(**today(saved["hparams"]))
         theta0 = store.theta0_path(results, run)
         if theta0.exists():
-            kept = torch.load(theta0, map_location="cpu")
+            kept = torch.load(theta0, map_location="cpu", weights_only=True)
             assert all(torch.equal(kept[k], v) for k, v in saved["theta0"].items()), f"{path}: another θ0"
         else:
             store.save_atomic(saved["theta0"], theta0)

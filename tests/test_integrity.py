@@ -317,3 +317,11 @@ def test_a_non_boolean_batchnorm_is_refused():
 def test_sparsities_that_differ_anywhere_have_different_names():
     a, b = RunSpec.of("lottery", sparsity=0.5), RunSpec.of("lottery", sparsity=0.5000001)
     assert a.name == "lottery_p0.5_R5_E5_magnitude_rewind_bn1_do0_seed0" and a.name != b.name
+
+
+def test_every_load_of_a_saved_file_refuses_pickled_code():
+    """torch 2.4-2.5 (allowed by requirements.txt) still run pickled code by default: every load says weights_only."""
+    import re
+    sources = [*(ROOT / "lth").glob("*.py"), ROOT / "run_all.py", *(ROOT / "scripts").glob("*.py")]
+    loads = [(p.name, m) for p in sources for m in re.findall(r"torch\.load\((?:[^()]|\([^()]*\))*\)", p.read_text())]
+    assert loads and all("weights_only=True" in m for _, m in loads), [x for x in loads if "weights_only" not in x[1]]
