@@ -131,9 +131,9 @@ def configuration(record: dict) -> str:
     """What a run's numbers depend on beyond its arm, schedule, flags and seed: its network and its hyper-parameters.
     Runs of two configurations are never pooled; the summary states each apart."""
     spec, network = RunSpec(**record["params"]), record_identity(record)["network"]
-    settings = apart(spec, H.HParams(**record["hparams"]))
-    parts = [spec.model] + [f"{k} {v}" for k, v in settings.items() if k != "network"]
-    if network != network_of(spec):
+    settings = hparams_identity(record["hparams"], STUDY_HPARAMS)
+    parts = [spec.model] + [f"{k} {v}" for k, v in settings.items()]
+    if spec.model in H.MODELS and network != network_of(spec):  # a model not registered here: as saved
         parts.append(f"an earlier version of it (network {(network or {}).get('outputs', 'unknown')[:8]})")
     return ", ".join(parts)
 

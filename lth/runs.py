@@ -167,7 +167,8 @@ def load_or_train_phase0(spec: RunSpec, data: H.Data, dev: torch.device, results
             for e in history:
                 e.setdefault("device", device_name or precision.describe_device(dev, hp.precision))
             if not store.theta0_path(results_dir, spec).exists():
-                store.save_theta0(results_dir, spec, theta0)
+                store.save_atomic({"network": asked["network"], "state": store.to_cpu(theta0)},  # what drew it
+                                  store.theta0_path(results_dir, spec))
             if spec.rewind_epoch:
                 own = {} if saved is None or on_saved_path else {
                     "phase0": {"state": store.to_cpu(state), "history": history}}

@@ -108,12 +108,14 @@ class RunSpec:
         if "batchnorm" in params:
             params["batchnorm"] = as_bool("batchnorm", params["batchnorm"])
         spec = cls(experiment, **{**ARMS[experiment].defaults, **params})
+        if spec.model not in load_models():  # a run asked for must be buildable; a saved one may name any model
+            H.build_model(0, model=spec.model)  # the error that lists the models and says how to add one
         return replace(spec, epochs=spec.rewind_epoch + 1) if as_bool("quick", quick) else spec
 
     def __post_init__(self):
         H.check_choice("experiment", self.experiment, ARMS)
-        if self.model not in load_models():
-            H.build_model(0, model=self.model)  # the error that lists the models and says how to add one
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model={self.model!r}: must be the name of a model, e.g. 'cnn' or 'conv2'.")
         H.check_choice("strategy", self.strategy, H.STRATEGIES)
         H.check_choice("reset", self.reset, H.RESETS)
         H.check_choice("scope", self.scope, H.SCOPES)

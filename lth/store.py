@@ -290,6 +290,8 @@ def load_masks(results_dir: Path | str, record: dict) -> dict[int, H.Masks]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: {record['name']} is not finished, or ran before masks were "
                                 "saved (run it again with force=True to save them).")
+    if spec.model not in H.MODELS:
+        raise FileNotFoundError(f"{record['name']}: its model {spec.model!r} is not registered here (models/, MODELS).")
     model = H.build_model(spec.seed, spec.batchnorm, spec.dropout, spec.model)
     shapes = {name: w.shape for name, w in H.prunable_weights(model).items()}
     out: dict[int, H.Masks] = {}
@@ -330,10 +332,6 @@ def load_phase0(results_dir: Path | str, record: dict) -> dict:
         own = torch.load(point, map_location="cpu", weights_only=True).get("phase0")
         return {**saved, **own} if own else saved
     return saved
-
-def save_theta0(results_dir: Path | str, spec: RunSpec, theta0: dict[str, torch.Tensor]) -> None:
-    """θ0 with the fingerprint of the network that drew it."""
-    save_atomic({"network": network_of(spec), "state": to_cpu(theta0)}, theta0_path(results_dir, spec))
 
 def load_theta0(results_dir: Path | str, spec: RunSpec) -> dict[str, torch.Tensor]:
     """The initial weights of a run's network and seed, shared by every phase 0 that starts there; checked against

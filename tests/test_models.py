@@ -220,3 +220,24 @@ def test_a_learning_rate_edited_in_helpers_is_another_run_not_the_studys(monkeyp
              "data": source, "network": network_of(SPEC)}
     assert phase0_file_identity({"identity": saved}, None) == phase0_identity(SPEC, study, source)
     assert phase0_file_identity({"identity": saved}, None) != phase0_identity(SPEC, edited(precision="bf16"), source)
+
+
+def test_the_runs_of_a_model_written_in_a_notebook_are_read_anywhere(data, tmp_path):
+    """The summary's kernel never saw the cell that registered the model: its runs are still records, stated apart,
+    and their masks are named as unreadable here rather than stopping the summary."""
+    from lth.identity import configurations
+    from lth.masks import mask_findings
+    from lth.store import load_records
+    H.MODELS["cell"] = H.MODELS["tiny"]
+    try:
+        run_experiment(RunSpec.of("lottery", sparsity=0.5, rounds=1, epochs=1, model="cell"), data, "cpu", tmp_path,
+                       FAST, progress=False)
+    finally:
+        H.MODELS.pop("cell")
+    records = load_records(tmp_path)
+    assert len(records) == 1 and [name.split(",")[0] for name in configurations(records)] == ["cell"]
+    skipped = []
+    mask_findings(records, tmp_path, skipped=skipped)
+    assert skipped and "'cell' is not registered here" in skipped[0]
+    with pytest.raises(ValueError, match="model='cell' is not registered"):
+        RunSpec.of("lottery", sparsity=0.5, model="cell")
