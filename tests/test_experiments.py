@@ -165,8 +165,8 @@ def test_more_seeds_give_the_summary_a_range(quick_study):
     seeds = run_all(*common, "--results-dir", str(results), "--seeds", "2", "--only",
                     "02_lottery_sweep:sparsity=0.5,rounds=5", "06_summary", timeout=600)
     assert seeds.returncode == 0, seeds.stdout[-3000:] + seeds.stderr[-3000:]
-    assert [p.name for p in (results / "runs" / "lottery").glob("*_seed1.json")] == [
-        "lottery_p0.5_R5_E1_magnitude_rewind_bn1_do0_seed1.json"]
+    seed1 = [p.name for p in (results / "runs" / "lottery").glob("*_seed1*.json")]  # a hash follows, unless bf16
+    assert len(seed1) == 1 and seed1[0].startswith("lottery_p0.5_R5_E1_magnitude_rewind_bn1_do0_seed1")
     summary = nbformat.read(results / "notebooks" / "06_summary__quick=True.ipynb", as_version=4)
     assert "(range " in "".join(o.get("data", {}).get("text/markdown", "") for c in summary.cells
                                 if c.cell_type == "code" for o in c.outputs)
