@@ -147,7 +147,7 @@ def plot_configurations(table):
             if value == value:
                 ax.axhline(100 * value, color="black", ls=ls, lw=1.2, label=f"{label} ({value:.2%})")
         ax.tick_params(axis="x", rotation=30)
-        ax.legend(loc="lower left", fontsize="small")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), fontsize="small")  # below: never over a point
     grid.set_axis_labels("", "final validation accuracy (%)")
     grid.set_titles("{col_name}")
     sparsity = table.sparsity.iloc[0]
