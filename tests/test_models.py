@@ -243,3 +243,16 @@ def test_the_runs_of_a_model_written_in_a_notebook_are_read_anywhere(data, tmp_p
     assert skipped and "'cell' is not registered here" in skipped[0]
     with pytest.raises(ValueError, match="model='cell' is not registered"):
         RunSpec.of("lottery", sparsity=0.5, model="cell")
+
+
+def test_the_runner_runs_its_plan_on_a_model_and_selects_within_it():
+    from lth.batch import jobs, settings
+    assert settings(["model=conv2", "batchnorm=no", "dropout=0.2"]) == {"model": "conv2", "batchnorm": False,
+                                                                        "dropout": 0.2}
+    with pytest.raises(ValueError, match="--set lr=0.1: write KEY=VALUE with KEY one of model, batchnorm, dropout"):
+        settings(["lr=0.1"])
+    planned = jobs(1, False, [("01_baseline", {}), ("02_lottery_sweep", {"sparsity": "0.5"})], {"model": "conv2"})
+    assert [(j.notebook, j.spec.model, j.params["model"]) for j in planned] == [("01_baseline", "conv2", "conv2")] * 4 \
+        + [("02_lottery_sweep", "conv2", "conv2")]
+    flags = jobs(1, False, [("01_baseline", {})], {"batchnorm": False, "dropout": 0.0})
+    assert len(flags) == 1  # the four planned variants become one run: planned once
