@@ -26,3 +26,6 @@ def load_models(folder: Path = MODELS_DIR) -> dict:
             raise ImportError(f"models/{path.name} could not be loaded ({type(e).__name__}: {e}); fix it, or move it "
                               "out of models/.") from e
     return H.MODELS
+
+
+load_models()  # whatever imports the package can name every model: a saved run may name any of them
