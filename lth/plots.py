@@ -144,7 +144,7 @@ def plot_configurations(table):
         panel = table[table.configuration == name]
         for column, ls, label in (("phase0_val_acc", ":", "dense phase 0"), ("baseline", "--", "dense, 25 epochs")):
             value = panel[column].dropna().mean()
-            if value == value:
+            if np.isfinite(value):  # a configuration without a baseline (or phase 0) draws no line
                 ax.axhline(100 * value, color="black", ls=ls, lw=1.2, label=f"{label} ({value:.2%})")
         ax.tick_params(axis="x", rotation=30)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), fontsize="small")  # below: never over a point
