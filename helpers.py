@@ -462,7 +462,8 @@ def lottery_ticket(data: Data, sparsity: float, rounds: int, epochs: int, strate
                    seed: int = 0, rewind_epoch: int = 0, model: str = "cnn", hp: HParams = HParams(),
                    device: str | torch.device | None = None, ticket: dict[int, Masks] | None = None,
                    phase0: tuple[dict, dict, list[dict]] | None = None, resume: dict | None = None,
-                   on_phase0: Callable | None = None, on_round: Callable | None = None,
+                   on_phase0: Callable | None = None, keep_epochs: tuple[int, ...] = (),
+                   on_round: Callable | None = None,
                    on_epoch: Callable[[dict], None] | None = None, progress: bool = True) -> tuple[list[dict], Masks]:
     """Phase 0 trains the dense network from θ0 for `epochs`; each of `rounds` rounds then prunes to the schedule's
     sparsity (`strategy`: magnitude finds the ticket, random is the control, ticket takes a lottery run's masks
@@ -473,7 +474,8 @@ def lottery_ticket(data: Data, sparsity: float, rounds: int, epochs: int, strate
     No file is read or written here; a caller that saves checkpoints passes:
       phase0 = (reset point, state, history) of a phase 0 trained before (it is not trained again);
       resume = {"state", "masks", "history"} after the last finished round;
-      on_phase0(θ0, reset point, state, history) and on_round(r, model, masks, history) after each phase.
+      on_phase0(θ0, reset point, state, history, {epoch: weights} for `keep_epochs`) and
+      on_round(r, model, masks, history) after each phase.
     Returns the history (one dict per epoch, every phase) and the final masks."""
     dev = default_device(device)
     data = data.to(dev)
@@ -481,19 +483,18 @@ def lottery_ticket(data: Data, sparsity: float, rounds: int, epochs: int, strate
         raise ValueError(f"strategy='ticket' needs `ticket`: a finished lottery run's masks for rounds 1-{rounds}.")
     if phase0 is None:
         net = build_model(seed, batchnorm, dropout, model).to(dev)
-        theta0 = reset_point = snapshot(net)
+        theta0, points = snapshot(net), {}
 
-        def keep_rewind_point(epoch: dict) -> None:
-            nonlocal reset_point
-            if epoch["epoch"] == rewind_epoch:
-                reset_point = snapshot(net)
+        def keep_rewind_points(epoch: dict) -> None:
+            if epoch["epoch"] in (rewind_epoch, *keep_epochs):
+                points[epoch["epoch"]] = snapshot(net)
             if on_epoch:
                 on_epoch(epoch)
         epochs_run = train(net, data, epochs, None, phase_seed(seed, 0), dev, hp, desc="dense", progress=progress,
-                           on_epoch=keep_rewind_point)
-        phase0 = reset_point, snapshot(net), annotate(epochs_run, "dense", 0, 0, dense_masks(net))
+                           on_epoch=keep_rewind_points)
+        phase0 = points.get(rewind_epoch, theta0), snapshot(net), annotate(epochs_run, "dense", 0, 0, dense_masks(net))
         if on_phase0:
-            on_phase0(theta0, *phase0)
+            on_phase0(theta0, *phase0, points)
     reset_point, state, history = phase0
     net = build_model(seed, batchnorm, dropout, model).to(dev)  # phase 0 loaded into a fresh model, resumed or not
     net.load_state_dict(state)

@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{hp.precision} on {args.device}")
     if args.list:
         for job in executions:
-            print(f"{study.status(job.spec) if job.spec else 'summary':8s} {job.notebook} {job.params or ''}")
+            same = job.spec and study.as_run(job.spec) != job.spec
+            print(f"{study.status(job.spec) if job.spec else 'summary':8s} {job.notebook} {job.params or ''}"
+                  + (" = the run above: late rewinding shares its phase 0" if same else ""))
         print(f"{study.epochs_left([j.spec for j in executions if j.spec])} epochs to train")
         return 0
     if args.data_dir:  # the kernels read it from the environment, so no machine path lands in the notebooks

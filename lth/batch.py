@@ -14,7 +14,7 @@ import nbformat
 import torch
 
 import helpers as H
-from lth import store
+from lth import runs, store
 from lth.identity import (
     DamagedFile,
     ResultMismatch,
@@ -118,9 +118,13 @@ class Study:
     def identity(self, spec: RunSpec) -> dict:
         return run_identity(spec, self.hp, self.data.source)
 
+    def as_run(self, spec: RunSpec) -> RunSpec:
+        return runs.as_run(self.results, spec, self.hp, self.data.source)
+
     def status(self, spec: RunSpec) -> str:
         """done, differs (made with other settings), damaged, running (another process), partial or to do. Reads
         only: it works on a read-only folder."""
+        spec = self.as_run(spec)
         record = store.record_path(self.results, spec, self.hp)
         if record.exists():
             try:
@@ -145,7 +149,7 @@ class Study:
 
     def epochs_left(self, todo: list[RunSpec]) -> int:
         """Epochs still to train for the runs that will train (to do or partial), counting each shared phase 0 once."""
-        todo = [s for s in todo if self.status(s) in ("to do", "partial")]
+        todo = [s for s in dict.fromkeys(map(self.as_run, todo)) if self.status(s) in ("to do", "partial")]
         phase0 = {s.phase0_name: s.epochs for s in todo if not store.phase0_ready(self.results, s, self.hp,
                                                                                   self.data.source)}
         return sum(phase0.values()) + sum((s.rounds - self.rounds_done(s)) * s.epochs for s in todo)

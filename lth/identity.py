@@ -127,12 +127,15 @@ def phase0_file_hash(identity: dict) -> str:
     study = is_study_network(model.get("model", "cnn"), model["batchnorm"], identity["network"])
     return identity_hash({k: v for k, v in identity.items() if k != "network" or not study})
 
-def configuration(record: dict) -> str:
-    """What a run's numbers depend on beyond its arm, schedule, flags and seed: its network and its hyper-parameters.
-    Runs of two configurations are never pooled; the summary states each apart."""
+def configuration(record: dict, own_phase0: bool = True) -> str:
+    """What a run's numbers depend on beyond its arm, schedule, flags and seed: its network, its hyper-parameters and
+    (unless `own_phase0` is False) a phase 0 other than the shared one. Runs of two configurations are never pooled;
+    the summary states each apart."""
     spec, network = RunSpec(**record["params"]), record_identity(record)["network"]
     settings = hparams_identity(record["hparams"], STUDY_HPARAMS)
     parts = [spec.model] + [f"{k} {v}" for k, v in settings.items()]
+    if spec.phase0_of_late_rewind and own_phase0:  # paired with late rewinding, never pooled with the shared one
+        parts.append(f"phase 0 of late rewinding to epoch {spec.phase0_of_late_rewind}")
     if spec.model in H.MODELS and network != network_of(spec):  # a model not registered here: as saved
         parts.append(f"an earlier version of it (network {(network or {}).get('outputs', 'unknown')[:8]})")
     return ", ".join(parts)
@@ -151,6 +154,11 @@ def configurations(records: list[dict]) -> dict[str, list[dict]]:
     for r in records:
         groups.setdefault(configuration(r), []).append(r)
     return dict(sorted(groups.items(), key=lambda item: (item[0] != "cnn", item[0])))
+
+def late_rewind_partners(groups: dict[str, list[dict]], name: str) -> list[dict]:
+    """The runs of configuration `name` made from late rewinding's own phase 0: stated apart, they pair with it."""
+    return [r for runs in groups.values() for r in runs
+            if r["params"].get("phase0_of_late_rewind") and configuration(r, own_phase0=False) == name]
 
 def identity_hash(identity: dict) -> str:
     """A short name for an identity: files named by it never collide across settings."""

@@ -193,7 +193,7 @@ def plot_classic(curve, ax=None):
               for a in pruned.arm.unique()}
     sns.lineplot(data=pruned, x="remaining (%)", y="val_acc", hue="arm", style="arm", dashes=dashes, marker="o",
                  errorbar=seed_range, ax=ax)
-    from lth.report import shared_phase0
+    from lth.classic import shared_phase0
     dense = shared_phase0(curve).mean()
     ax.axhline(dense, color="black", ls=":", lw=1.2, label=f"dense phase 0 ({dense:.2%})")
     ax.set_xscale("log")

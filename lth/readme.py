@@ -10,11 +10,11 @@ import numpy as np
 import helpers as H
 from lth import store
 from lth.data import data_identity
-from lth.report import arm_label, findings, phase0_acc
-from lth.spec import RunSpec, exact, is_classic, model_label
+from lth.report import findings, phase0_acc
+from lth.spec import RunSpec, arm_label, exact, is_classic, model_label
 
 
-def results_markdown(records: list[dict], **model) -> str:
+def results_markdown(records: list[dict], partners: list[dict] = (), **model) -> str:
     """The README's results: one row per run (seeds pooled: mean, range, how many), then the findings."""
     groups: dict[str, list[dict]] = {}
     for r in records:
@@ -38,7 +38,8 @@ def results_markdown(records: list[dict], **model) -> str:
     devices = Counter(r["device"] for r in records)
     compute = (f"Compute: {(sum(phase0.values()) + pruned) / 3600:.2f} hours of training in these records (each "
                f"shared phase 0 once), on {'; '.join(f'{d} ({n} runs)' for d, n in sorted(devices.items()))}.")
-    return "\n".join(lines + ["", *[f"- {line}" for line in findings(records, **model)], "", compute])
+    said = findings(records, partners=partners, **model)
+    return "\n".join(lines + ["", *[f"- {line}" for line in said], "", compute])
 
 
 def write_readme_results(text: str, results_dir: Path | str, records: list[dict],

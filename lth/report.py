@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from lth import store
+from lth.classic import classic_curve, drop_text, first_drops, phase0_by_seed, shared_phase0, sharing_phase0
 from lth.identity import DamagedFile, ResultMismatch, configuration
-from lth.spec import ARMS, CLASSIC, RunSpec, is_classic, model_label, plural, pruned_arms
+from lth.spec import ARMS, CLASSIC, RunSpec, arm_label, is_classic, model_label, plural, pruned_arms
+from lth.verdicts import Comparison, against_threshold, by_seed, compare_seeds, later_count, paired, points
 
 UNREADABLE = (FileNotFoundError, DamagedFile, ResultMismatch)  # a saved file that is skipped, and named
 
@@ -61,12 +63,6 @@ def labels(record: dict) -> dict:
     return {"arm": arm, "model": model_label(p), "schedule": schedule, "series": series, "quick": is_quick([record])}
 
 
-def arm_label(record: dict) -> str:
-    """The arm's label, with the epoch its survivors are rewound to when it is not θ0."""
-    epoch = record["params"].get("rewind_epoch", 0)
-    return ARMS[record["experiment"]].label + (f" to epoch {epoch}" if epoch else "")
-
-
 def seed_table(table, index: str, columns: str = "arm"):
     """Final accuracy as 'mean (range, seeds)' for each `index` and `columns` value: a table to read ('-' where
     nothing ran)."""
@@ -86,22 +82,11 @@ def spread(accs: list[float]) -> str:
     return f"{np.mean(accs):.2%} (range {min(accs):.2%}-{max(accs):.2%}, {len(accs)} seeds)"
 
 
-def verdict(a: list[float], b: list[float], quick: bool = False) -> str:
-    """Whether the difference between two arms exceeds what their seeds spread over."""
-    if quick:
-        return "no verdict on a quick run"
-    if min(len(a), len(b)) < 2:
-        return "one seed: no range to judge it against"
-    if min(a) > max(b) or max(a) < min(b):
-        return "beyond the seed range: the ranges do not overlap"
-    return "within the seed range: the ranges overlap"
-
-
 def findings(records: list[dict], batchnorm: bool = True, dropout: float = 0.0, rounds: int = 5,
-             epochs: int = 5) -> list[str]:
+             epochs: int = 5, partners: list[dict] = ()) -> list[str]:
     """The study's findings as sentences, every number computed from `records` (means, ranges over seeds): each arm
     of `ARMS` in turn, by the block its entry names, then the classic curve."""
-    ask = Findings(records, dict(batchnorm=batchnorm, dropout=dropout), rounds, epochs)
+    ask = Findings(records, dict(batchnorm=batchnorm, dropout=dropout), rounds, epochs, partners)
     out = [QUICK_CAVEAT] if ask.quick else []
     for name, arm in ARMS.items():
         out += getattr(ask, arm.findings)(name) if arm.findings != "levels" else []
@@ -112,14 +97,16 @@ def findings(records: list[dict], batchnorm: bool = True, dropout: float = 0.0, 
 
 
 class Findings:
-    """The blocks of findings an arm's entry can name, over one model's records and one schedule (R rounds x E)."""
+    """The blocks of findings an arm's entry can name, over one model's records and one schedule (R rounds x E).
+    Every comparison is paired by seed where the two runs share their phase 0 (`compare_seeds`)."""
 
-    def __init__(self, records: list[dict], model: dict, rounds: int, epochs: int):
+    def __init__(self, records: list[dict], model: dict, rounds: int, epochs: int, partners: list[dict] = ()):
         self.records, self.model, self.rounds, self.epochs = records, model, rounds, epochs
+        self.partners = list(partners)  # runs from late rewinding's own phase 0: they pair with it, never pool
         self.quick = is_quick(records)
 
-    def verdict(self, a: list[float], b: list[float]) -> str:
-        return verdict(a, b, self.quick)
+    def pair(self, a: list[dict], b: list[dict]) -> Comparison:
+        return compare_seeds(by_seed(a), by_seed(b), self.quick)
 
     def runs(self, experiment: str, **where) -> list[dict]:
         return [r for r in self.records if r["experiment"] == experiment and
@@ -142,22 +129,26 @@ class Findings:
     def dense(self, name: str) -> list[str]:
         accs = self.accs(name)
         epochs = "/".join(sorted({str(r["params"]["epochs"]) for r in self.records if r["experiment"] == name}))
-        return [f"Dense baseline ({epochs} epochs): {spread(accs)}."] if accs else []
+        return [f"Dense baseline ({epochs} epochs, trained to convergence): {spread(accs)}."] if accs else []
 
     def sweep(self, name: str) -> list[str]:
         """The ticket against the arm it is compared with, at every sparsity of the lab's figure."""
         other = ARMS[name].against[0]
         phase0 = {r["params"]["seed"]: phase0_acc(r) for e in (name, other)
                   for r in self.runs(e, rounds=self.rounds, epochs=self.epochs)}
-        out = [f"Dense network after phase 0 ({self.epochs} epochs, the fair reference): "
-               f"{spread(list(phase0.values()))}."] if phase0 else []
+        converged, p0 = self.accs("baseline"), list(phase0.values())
+        out = [f"Dense network after phase 0 ({self.epochs} epochs, as long as each pruned phase: the equal-epochs "
+               f"reference of every gain stated below): {spread(p0)}" + (
+                   f"; the 25-epoch baseline, trained to convergence, is {points(np.mean(converged) - np.mean(p0))} "
+                   f"above it ({spread(converged)})" if converged else "") + "."] if phase0 else []
         for p in self.sparsities(name, other):
-            ticket, control = self.accs(name, **self.schedule(p)), self.accs(other, **self.schedule(p))
+            ticket, control = self.runs(name, **self.schedule(p)), self.runs(other, **self.schedule(p))
             if ticket and control:
                 a, b = ARMS[name].label, ARMS[other].label
-                out.append(f"Sparsity {p:.0%}: {a} {spread(ticket)}, {b} {spread(control)}: the ticket leads "
-                           f"by {points(np.mean(ticket) - np.mean(control))}, {self.verdict(ticket, control)}; "
-                           f"against the phase 0 of the same seeds: {a} {self.gain(name, **self.schedule(p))}, "
+                lead = self.pair(ticket, control)
+                out.append(f"Sparsity {p:.0%}: {a} {spread(acc(ticket))}, {b} {spread(acc(control))}: the ticket "
+                           f"leads by {points(lead.diff)} ({lead.said}); against the phase 0 of the same seeds "
+                           f"(equal epochs): {a} {self.gain(name, **self.schedule(p))}, "
                            f"{b} {self.gain(other, **self.schedule(p))}.")
         return out
 
@@ -165,55 +156,67 @@ class Findings:
         return []  # stated by the arm that is compared with it
 
     def reinit(self, name: str) -> list[str]:
-        ticket, control = ARMS[name].against
         out = []
         for p in self.sparsities(name):
-            arm, a, b = (self.accs(e, **self.schedule(p)) for e in (name, ticket, control))
-            if arm and a:
-                out.append(f"{ARMS[name].label.capitalize()} at {p:.0%}: {spread(arm)}, "
-                           f"{points(np.mean(arm) - np.mean(a))} against the rewound ticket ({self.verdict(arm, a)})"
-                           + (f" and {points(np.mean(arm) - np.mean(b))} against random pruning "
-                              f"({self.verdict(arm, b)})" if b else "") + ".")
+            arm = self.runs(name, **self.schedule(p))
+            line = f"{ARMS[name].label.capitalize()} at {p:.0%}: {spread(acc(arm))}"
+            for other, said_as in zip(ARMS[name].against, ("the rewound ticket", "random pruning")):
+                runs = self.runs(other, **self.schedule(p))
+                if runs:
+                    c = self.pair(arm, runs)
+                    line += f"{',' if other == ARMS[name].against[0] else ' and'} {points(c.diff)} against {said_as} " \
+                            f"({c.said})"
+            out.append(line + ".")
         return out
 
     def rounds_vs_epochs(self, name: str) -> list[str]:
         out = []
         for rounds, epochs in sorted({(r["params"]["rounds"], r["params"]["epochs"]) for r in self.runs(name)}):
             same = self.runs(name, rounds=rounds, epochs=epochs)
-            accs, dense = [r["final_val_acc"] for r in same], [phase0_acc(r) for r in same]
-            out.append(f"{plural(rounds, 'round')} × {epochs} epochs to 50%: {spread(accs)}, "
-                       f"{points(np.mean(accs) - np.mean(dense))} against the dense network trained as long as its "
-                       f"last phase ({epochs} epochs, the same seeds: {spread(dense)}; {self.verdict(accs, dense)}).")
+            accs, dense = acc(same), [phase0_acc(r) for r in same]
+            diffs = [a - d for a, d in zip(accs, dense)]
+            said = paired(diffs, self.quick).said
+            out.append(f"{plural(rounds, 'round')} × {epochs} epochs to 50% ({epochs * (rounds + 1)} epochs in all, "
+                       f"phase 0 included): {spread(accs)}, {points(np.mean(diffs))} against the dense network trained "
+                       f"as long as its last phase ({epochs} epochs, the same seeds: {spread(dense)}; {said}).")
         return out
 
     def levels(self, name: str) -> list[str]:
-        """A classic-curve arm against each arm its entry names, at each level (the end of each round), and where
-        each first falls more than 2 points below the dense phase 0 of its seed."""
-        curve = classic_curve(self.records, self.model)
+        """A classic-curve arm against each arm its entry names, level by level (the end of each round), paired by
+        seed where the runs share phase 0; and where each first falls more than 2 points below its phase 0."""
+        curve = classic_curve(self.records + self.partners, self.model)
         out = []
         for other in ARMS[name].against:
-            a, b = (curve[(curve.experiment == e) & (curve["round"] > 0)] for e in (name, other))
+            a = curve[curve.experiment == name]
+            b = sharing_phase0(a, curve[curve.experiment == other])
+            a, b = a[a["round"] > 0], b[b["round"] > 0]
             if a.empty or b.empty:
                 continue
-            pairs = [(k, list(rows.val_acc), list(b[b["round"] == k].val_acc), rows["remaining (%)"].mean())
+            pairs = [(rows["remaining (%)"].mean(), compare_seeds(seed_values(rows), seed_values(b[b["round"] == k]),
+                                                                  self.quick))
                      for k, rows in a.groupby("round") if (b["round"] == k).any()]
-            said = {k: self.verdict(x, y) for k, x, y, _ in pairs}
-            beyond = [f"{left:.1f}% left ({points(np.mean(x) - np.mean(y))})" for k, x, y, left in pairs
-                      if said[k].startswith("beyond")]
+            clear = [f"{left:.1f}% left ({points(c.diff)})" for left, c in pairs if c.clear]
             line = (f"{ARMS[name].label.capitalize()} against {ARMS[other].label} on the classic curve, level by "
                     f"level ({plural(a.seed.nunique(), 'seed')} against {b.seed.nunique()}): ")
-            if not any(v.startswith(("beyond", "within")) for v in said.values()):  # quick, or one seed
-                line += (f"{points(np.mean([np.mean(x) - np.mean(y) for _, x, y, _ in pairs]))} on average; "
-                         f"{next(iter(said.values()))}")
+            widths = [c.width for _, c in pairs if c.width is not None]
+            if not widths:  # quick, unpaired, or one seed
+                line += f"{points(np.mean([c.diff for _, c in pairs]))} on average; {pairs[0][1].said}"
             else:
-                line += (f"beyond the seed range at {len(beyond)} of {len(pairs)} levels"
-                         + (f": {', '.join(beyond)}" if beyond else "")
-                         + (f"; within it at the other {len(pairs) - len(beyond)}" if len(beyond) < len(pairs) else ""))
-            drops = [first_drops(curve, e) for e in (name, other)]
+                line += ((f"paired by seed, clear (the 95% interval of the mean difference excludes zero) at "
+                          f"{len(clear)} of {len(pairs)} levels: {', '.join(clear)}" if clear else
+                          f"paired by seed, not clear at any of the {len(pairs)} levels (the 95% interval of the mean "
+                          "difference includes zero at each)")
+                         + (f"; not clear at the other {len(pairs) - len(clear)}" if clear and len(clear) < len(pairs)
+                            else "")
+                         + f" (interval widths {min(widths):.2f}-{max(widths):.2f} points)"
+                         + "".join(f"; {x}" for x in sorted({c.left_out for _, c in pairs if c.left_out})))
+            both = curve[curve.name.isin(set(a.name) | set(b.name))]
+            drops = [first_drops(both, e) for e in (name, other)]
             if all(drops):
-                a_left, b_left = (" / ".join(levels_left(d)) for d in drops)
-                line += (f". First more than 2 points below the dense phase 0, seed by seed: {a_left} of the weights "
-                         f"left against {b_left} ({self.verdict(drops[0], drops[1])})")
+                shared = {s for s in set(a.seed) if set(a[a.seed == s].phase0) == set(b[b.seed == s].phase0)}
+                line += (f". First more than 2 points below the dense phase 0, seed by seed: "
+                         f"{' / '.join(map(drop_text, drops[0].values()))} of the weights left against "
+                         f"{' / '.join(map(drop_text, drops[1].values()))} ({later_count(*drops, shared)})")
             out.append(line + ".")
         return out
 
@@ -221,16 +224,25 @@ class Findings:
         """Any other arm: at each sparsity of the schedule, against each arm its entry names, with the verdict."""
         out = []
         for p in self.sparsities(name):
-            arm = self.accs(name, **self.schedule(p))
-            line = (f"{ARMS[name].label} at {p:.0%}: {spread(arm)}, {self.gain(name, **self.schedule(p))} against "
-                    "its phase 0")
+            arm = self.runs(name, **self.schedule(p))
+            line = (f"{ARMS[name].label} at {p:.0%}: {spread(acc(arm))}, {self.gain(name, **self.schedule(p))} "
+                    "against its phase 0")
             for other in ARMS[name].against:
-                accs = self.accs(other, **self.schedule(p))
-                if accs:
-                    line += (f"; {points(np.mean(arm) - np.mean(accs))} against {ARMS[other].label} "
-                             f"({self.verdict(arm, accs)})")
+                runs = self.runs(other, **self.schedule(p))
+                if runs:
+                    c = self.pair(arm, runs)
+                    line += f"; {points(c.diff)} against {ARMS[other].label} ({c.said})"
             out.append(line + ".")
         return out
+
+
+def acc(records: list[dict]) -> list[float]:
+    return [r["final_val_acc"] for r in records]
+
+
+def seed_values(rows) -> dict[int, tuple[float, str]]:
+    """Classic-curve rows of one arm and level: seed -> (accuracy, its phase 0)."""
+    return {int(r.seed): (r.val_acc, r.phase0) for r in rows.itertuples()}
 
 
 QUICK_CAVEAT = ("**Quick run: not meaningful.** A few thousand images and one epoch a phase check that the pipeline "
@@ -241,54 +253,6 @@ def is_quick(records: list[dict]) -> bool:
     """Runs on a subset of the data (run_all.py --quick): they check the pipeline, they measure nothing."""
     return any(r["data"].get("subset") for r in records)
 
-
-def points(x: float) -> str:
-    return f"{100 * x:+.2f} points"
-
-
-def classic_curve(records: list[dict], model: dict | None = None):
-    """The classic lottery-ticket curve: accuracy at the end of every round against the weights remaining, one
-    row per (arm, seed, round) of the CLASSIC runs; round 0 is the shared dense phase 0."""
-    import pandas as pd
-    rows = []
-    for r in records:
-        p = r["params"]
-        if not is_classic(p) or any(p[k] != v for k, v in (model or {}).items()):
-            continue
-        ends = {}
-        for e in r["history"]:
-            ends[e["round"]] = e  # the last epoch of each round
-        rows += [{"experiment": r["experiment"], "arm": arm_label(r), "seed": p["seed"], "round": k,
-                  "remaining (%)": 100 * (1 - e["sparsity"]), "val_acc": e["val_acc"]} for k, e in ends.items()]
-    return pd.DataFrame(rows, columns=["experiment", "arm", "seed", "round", "remaining (%)", "val_acc"])
-
-
-def shared_phase0(curve):
-    """Per seed, the dense phase 0 the arms of the classic curve share: the first arm's in the table's order. Only a
-    late-rewinding run whose replay of phase 0 left the saved one's path (another machine) has one of its own."""
-    phase0 = curve[curve["round"] == 0]
-    order = phase0.experiment.map({name: i for i, name in enumerate(ARMS)})
-    return phase0.iloc[order.argsort(kind="stable")].groupby("seed").val_acc.first()
-
-
-def phase0_by_seed(curve, experiment: str):
-    """An arm's own dense phase 0 accuracy per seed: the shared one, but for a replay kept whole (`shared_phase0`)."""
-    return curve[(curve.experiment == experiment) & (curve["round"] == 0)].groupby("seed").val_acc.first()
-
-
-def first_drops(curve, experiment: str) -> list[float]:
-    """Per seed, the % of weights left where an arm first falls more than 2 points below its own dense phase 0
-    (0 when it never does: further than any level); empty when the arm is not on the curve."""
-    phase0 = phase0_by_seed(curve, experiment)
-    out = []
-    for seed, rows in curve[(curve.experiment == experiment) & (curve["round"] > 0)].groupby("seed"):
-        below = rows[rows.val_acc < phase0[seed] - 0.02]
-        out.append(below["remaining (%)"].iloc[0] if len(below) else 0.0)
-    return out
-
-
-def levels_left(drops: list[float]) -> list[str]:
-    return [f"{x:.1f}%" if x else "never" for x in drops]
 
 
 def classic_findings(records: list[dict], model: dict) -> list[str]:
@@ -304,15 +268,20 @@ def classic_findings(records: list[dict], model: dict) -> list[str]:
         seeds = sorted(rows.seed.unique())
         dense = phase0_by_seed(curve, arm)[seeds].mean()
         mean = rows.groupby("round").agg(val_acc=("val_acc", "mean"), remaining=("remaining (%)", "mean"))
-        below, best = mean[mean.val_acc < dense - 0.02].head(1), mean.loc[mean.val_acc.idxmax()]
+        states = [against_threshold(acc, dense) for acc in mean.val_acc]
+        below, best = mean[[s == "below" for s in states]].head(1), mean.loc[mean.val_acc.idxmax()]
+        at = mean[[s == "at" for s in states]]
+        at = at[at.remaining > (below.remaining.iloc[0] if len(below) else 0)].head(1)
         who = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of seeds {', '.join(map(str, seeds))}"
         line = f"{ARMS[arm].label.capitalize()} ({who}; their phase 0 {dense:.2%}): " + (
+            f"at the threshold, within one test image of 2 points below the dense phase 0, at "
+            f"{at.remaining.iloc[0]:.1f}% of the weights left ({at.val_acc.iloc[0]:.3%}); " if len(at) else "") + (
             f"first more than 2 points below the dense phase 0 at {below.remaining.iloc[0]:.1f}% of the weights "
             f"left ({below.val_acc.iloc[0]:.2%})" if len(below) else
             f"never more than 2 points below it, down to {mean.remaining.min():.1f}% of the weights left "
             f"({mean.val_acc.iloc[-1]:.2%})") + f"; best {best.val_acc:.2%} at {best.remaining:.1f}% left."
         if len(seeds) > 1:
-            each = ", ".join(levels_left(first_drops(curve, arm)))
+            each = ", ".join(map(drop_text, first_drops(curve, arm).values()))
             line += f" Seed by seed, first more than 2 points below at: {each}."
         out.append(line)
     return out

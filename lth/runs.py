@@ -2,7 +2,7 @@
 and a record, masks and identity saved when it finishes. Also the first cell every run notebook calls."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +21,7 @@ from lth.identity import (
     run_identity,
     run_name,
 )
-from lth.spec import RunSpec, as_bool
+from lth.spec import RunSpec, as_bool, rewind_epochs
 
 
 def resolve_hparams(hp: H.HParams, dev: torch.device, results_dir: Path | str | None = None) -> H.HParams:
@@ -57,10 +57,18 @@ def run_experiment(spec: RunSpec, data: H.Data, device: str | torch.device | Non
     results_dir = Path(results_dir) if results_dir else store.results_root(source=data.source)
     progress, force = as_bool("progress", progress), as_bool("force", force)
     hp = resolve_hparams(hp, dev, results_dir)
-    asked, name = run_identity(spec, hp, data.source), run_name(spec, hp)
-    out, ckpt = store.record_path(results_dir, spec, hp), store.checkpoint_path(results_dir, spec, hp)
     say = print if not progress else tqdm.write
     store.claim_folder(results_dir, data.source)
+    if spec.phase0_of_late_rewind:  # late rewinding's rewind point first: it says which phase 0 this run prunes by
+        with precision.kernels(dev, hp.precision):
+            load_or_train_phase0(spec.late_rewind_source, data.to(dev), dev, results_dir, hp, progress, say)
+        plain = as_run(results_dir, spec, hp, data.source)
+        if plain != spec:
+            say(f"{run_name(spec, hp)}: late rewinding's phase 0 is the shared one here, so this run is "
+                f"{run_name(plain, hp)}")
+            return run_experiment(plain, data, device, results_dir, hp, progress, force)
+    asked, name = run_identity(spec, hp, data.source), run_name(spec, hp)
+    out, ckpt = store.record_path(results_dir, spec, hp), store.checkpoint_path(results_dir, spec, hp)
     with store.holding(store.run_lock(results_dir, name), say, name):
         saved = store.read_pt(ckpt, say, "the run restarts after its phase 0") if ckpt.exists() else None
         if out.exists() and not force:
@@ -112,6 +120,27 @@ def run_experiment(spec: RunSpec, data: H.Data, device: str | torch.device | Non
     return record
 
 
+def own_phase0(results_dir: Path | str, spec: RunSpec, hp: H.HParams, source: dict) -> bool | None:
+    """Whether the phase 0 a `phase0_of_late_rewind` run names is late rewinding's own (a replay that left the saved
+    phase 0's path, kept with the rewind point), not the shared one; None while that is not known yet."""
+    late = spec.late_rewind_source
+    point = store.rewind_point_path(results_dir, late, hp, source)
+    if point.exists():
+        try:  # mmap: the file's keys are read, not its weights
+            return "phase0" in torch.load(point, map_location="cpu", mmap=True, weights_only=True)
+        except Exception:
+            return None  # damaged: named, and set aside, when a run reads it
+    return False if not store.phase0_path(results_dir, late, hp, source).exists() else None
+
+
+def as_run(results_dir: Path | str, spec: RunSpec, hp: H.HParams, source: dict) -> RunSpec:
+    """The run `spec` is: one asked to prune by late rewinding's phase 0 is the plain run wherever that phase 0 is the
+    shared one (a phase 0 trained here keeps its rewind points, so late rewinding never replays it)."""
+    if spec.phase0_of_late_rewind and own_phase0(results_dir, spec, hp, source) is False:
+        return replace(spec, phase0_of_late_rewind=0)
+    return spec
+
+
 def finish_run(results_dir: Path, spec: RunSpec, hp: H.HParams, round_masks: dict, identity: dict) -> None:
     """After the record: the run's masks, then its checkpoint goes."""
     if round_masks:
@@ -141,6 +170,10 @@ def load_or_train_phase0(spec: RunSpec, data: H.Data, dev: torch.device, results
     settings trains one of its own and never replaces a shared one. A rewind point not saved yet is taken by
     replaying the saved phase 0; a replay that leaves its path (phase 0 made on another machine) is kept whole beside
     the rewind point, so the run prunes by the weights its rewind point led to."""
+    if spec.phase0_of_late_rewind:  # late rewinding's phase 0, rewound to θ0
+        _, state, history = load_or_train_phase0(spec.late_rewind_source, data, dev, results_dir, hp, progress, say,
+                                                 on_epoch, device_name)
+        return store.load_theta0(results_dir, spec), state, history
     path = store.phase0_path(results_dir, spec, hp, data.source)
     point = store.rewind_point_path(results_dir, spec, hp, data.source)
     asked = phase0_identity(spec, hp, data.source)
@@ -160,7 +193,7 @@ def load_or_train_phase0(spec: RunSpec, data: H.Data, dev: torch.device, results
                 f"{spec.rewind_epoch}")
         trained = []
 
-        def keep(theta0: dict, reset_point: dict, state: dict, history: list[dict]) -> None:
+        def keep(theta0: dict, reset_point: dict, state: dict, history: list[dict], points: dict) -> None:
             on_saved_path = saved is not None and replayed_exactly(path, saved["state"], state, spec.name, say)
             if on_saved_path:
                 history = saved["history"]
@@ -169,16 +202,19 @@ def load_or_train_phase0(spec: RunSpec, data: H.Data, dev: torch.device, results
             if not store.theta0_path(results_dir, spec).exists():
                 store.save_atomic({"network": asked["network"], "state": store.to_cpu(theta0)},  # what drew it
                                   store.theta0_path(results_dir, spec))
-            if spec.rewind_epoch:
-                own = {} if saved is None or on_saved_path else {
-                    "phase0": {"state": store.to_cpu(state), "history": history}}
+            if saved is not None:  # a replay for its rewind point: kept whole where it left the saved path
+                own = {} if on_saved_path else {"phase0": {"state": store.to_cpu(state), "history": history}}
                 store.save_atomic({"identity": asked, "epoch": spec.rewind_epoch,
                                    "state": store.to_cpu(reset_point), **own}, point)
-            if saved is None:
+            else:  # trained here: every planned rewind point is kept as it passes, so none is ever replayed
+                for epoch, weights in points.items():
+                    store.save_atomic({"identity": asked, "epoch": epoch, "state": store.to_cpu(weights)},
+                                      store.rewind_point_path(results_dir, replace(spec, rewind_epoch=epoch), hp,
+                                                              data.source))
                 store.save_atomic({"identity": asked, "state": store.to_cpu(state), "history": history}, path)
             trained.append((reset_point, state, history))
         H.lottery_ticket(data, **{**spec.procedure, "rounds": 0}, hp=hp, device=dev, on_phase0=keep,
-                         on_epoch=on_epoch, progress=progress)
+                         keep_epochs=rewind_epochs(spec.epochs), on_epoch=on_epoch, progress=progress)
     say(f"{spec.name}: phase 0 ({spec.epochs} epochs dense): val_acc {trained[0][2][-1]['val_acc']:.4f}")
     return trained[0]
 

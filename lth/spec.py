@@ -48,7 +48,8 @@ ARMS: dict[str, Arm] = {  # in the order the findings state them
                     tuple(dict(batchnorm=bn, dropout=do) for bn in (True, False) for do in (0.0, 0.2)),
                     "baseline_variants", findings="dense", shown=False),
     "lottery": Arm("02_lottery_sweep", "lottery ticket", dict(strategy="magnitude", reset="rewind"),
-                   (*SWEEP, CLASSIC), "lottery_curves", findings="sweep", against=("random",)),
+                   (*SWEEP, CLASSIC, dict(CLASSIC, phase0_of_late_rewind=1)), "lottery_curves", findings="sweep",
+                   against=("random",)),
     "random": Arm("03_random_sweep", "random pruning", dict(strategy="random", reset="rewind"), (*SWEEP, CLASSIC),
                   "random_curves", findings="in_sweep"),
     "reinit": Arm("05_random_reinit", "re-init each round", dict(strategy="magnitude", reset="reinit",
@@ -76,6 +77,13 @@ def figure_names() -> dict[str, str]:
     return owners | {stem: "06_summary" for stem in SUMMARY_FIGURES} | {"explore": "07_explore"}
 
 
+def rewind_epochs(epochs: int) -> tuple[int, ...]:
+    """The phase-0 epochs some arm's plan rewinds to, within a phase 0 of `epochs`: saved as phase 0 trains."""
+    planned = {params.get("rewind_epoch", arm.defaults.get("rewind_epoch", 0)) for arm in ARMS.values()
+               for params in arm.plan}
+    return tuple(sorted(k for k in planned if 0 < k < epochs))
+
+
 def pruned_arms() -> list[str]:
     return [name for name, arm in ARMS.items() if arm.defaults.get("rounds") != 0]
 
@@ -96,6 +104,8 @@ class RunSpec:
     seed: int = 0
     rewind_epoch: int = 0  # late rewinding: survivors go back to the weights after this many epochs of phase 0
     model: str = "cnn"     # a registered network (helpers.MODELS, models/): the lab's CNN by default
+    phase0_of_late_rewind: int = 0  # k: prune by the phase 0 kept with the epoch-k rewind point, the late-rewinding
+    #                                 run's own where it could not replay the shared one, so the two share phase 0
 
     @classmethod
     def of(cls, experiment: str, quick: bool = False, **params) -> "RunSpec":
@@ -110,7 +120,8 @@ class RunSpec:
         spec = cls(experiment, **{**ARMS[experiment].defaults, **params})
         if spec.model not in load_models():  # a run asked for must be buildable; a saved one may name any model
             H.build_model(0, model=spec.model)  # the error that lists the models and says how to add one
-        return replace(spec, epochs=spec.rewind_epoch + 1) if as_bool("quick", quick) else spec
+        last_kept = max(spec.rewind_epoch, spec.phase0_of_late_rewind)
+        return replace(spec, epochs=last_kept + 1) if as_bool("quick", quick) else spec
 
     def __post_init__(self):
         H.check_choice("experiment", self.experiment, ARMS)
@@ -124,13 +135,17 @@ class RunSpec:
         H.check_fraction("dropout", self.dropout)
         if not isinstance(self.batchnorm, (bool, np.bool_)):  # papermill's `-p batchnorm maybe` passes a string
             raise ValueError(f"batchnorm={self.batchnorm!r}: must be True or False (papermill: -p batchnorm True).")
-        for name in ("seed", "rewind_epoch"):
+        for name in ("seed", "rewind_epoch", "phase0_of_late_rewind"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"{name}={value!r}: must be a whole number >= 0.")
         if self.rewind_epoch and (self.rewind_epoch >= self.epochs or self.reset != "rewind"):
             raise ValueError(f"rewind_epoch={self.rewind_epoch!r}: late rewinding goes back to a point inside phase 0 "
                              f"of a rewound run: 0 <= rewind_epoch < epochs ({self.epochs}), with reset='rewind'.")
+        if self.phase0_of_late_rewind and (self.phase0_of_late_rewind >= self.epochs or self.rewind_epoch):
+            raise ValueError(f"phase0_of_late_rewind={self.phase0_of_late_rewind!r}: names the phase 0 of a late-"
+                             f"rewinding run, at an epoch 0 < k < epochs ({self.epochs}), for a run with rewind_epoch=0"
+                             " (a late-rewinding run prunes by its own phase 0 already).")
         if self.strategy == "ticket" and self.reset != "reinit":
             raise ValueError("strategy='ticket' trains a lottery run's masks from fresh values: reset must be "
                              "'reinit' (with 'rewind' it would be the lottery run itself).")
@@ -154,13 +169,20 @@ class RunSpec:
             return f"{self.experiment}_{model}_E{self.epochs}_seed{self.seed}"
         scope = "" if self.scope == "layer" else f"_{self.scope}"
         rewind = f"{self.rewind_epoch}" if self.rewind_epoch else ""
+        phase0 = f"_phase0late{self.phase0_of_late_rewind}" if self.phase0_of_late_rewind else ""
         return (f"{self.experiment}_p{exact(self.sparsity)}_R{self.rounds}_E{self.epochs}_{self.strategy}_"
-                f"{self.reset}{rewind}{scope}_{model}_seed{self.seed}")
+                f"{self.reset}{rewind}{scope}{phase0}_{model}_seed{self.seed}")
 
     @property
     def phase0_name(self) -> str:
         """Phase 0 depends only on the model, the seed and the epochs: every arm that shares them shares it."""
         return f"{self.model_name}_E{self.epochs}_seed{self.seed}"
+
+    @property
+    def late_rewind_source(self) -> "RunSpec":
+        """The late-rewinding run whose own phase 0 a run with `phase0_of_late_rewind` prunes by."""
+        return replace(self, experiment="late_rewind", rewind_epoch=self.phase0_of_late_rewind,
+                       phase0_of_late_rewind=0)
 
     @property
     def ticket_source(self) -> "RunSpec":
@@ -175,8 +197,9 @@ class RunSpec:
 
     @property
     def procedure(self) -> dict:
-        """The arguments of `helpers.lottery_ticket` that this run fixes: every field but the arm's name."""
-        return {k: v for k, v in asdict(self).items() if k != "experiment"}
+        """The arguments of `helpers.lottery_ticket` that this run fixes: every field but the arm's name and which
+        saved phase 0 it starts from."""
+        return {k: v for k, v in asdict(self).items() if k not in ("experiment", "phase0_of_late_rewind")}
 
 
 def exact(x: float) -> str:
@@ -199,3 +222,9 @@ def model_label(params: dict) -> str:
     model = params.get("model", "cnn")
     flags = f"{'BatchNorm' if params['batchnorm'] else 'no BatchNorm'}, dropout {params['dropout']:g}"
     return flags if model == "cnn" else f"{model}, {flags}"
+
+
+def arm_label(record: dict) -> str:
+    """The arm's label, with the epoch its survivors are rewound to when it is not θ0."""
+    epoch = record["params"].get("rewind_epoch", 0)
+    return ARMS[record["experiment"]].label + (f" to epoch {epoch}" if epoch else "")

@@ -148,7 +148,8 @@ def phase0_path(results_dir: Path | str, spec: RunSpec, hp: H.HParams, source: d
     return Path(results_dir) / "checkpoints" / "phase0" / name
 
 def rewind_point_path(results_dir: Path | str, spec: RunSpec, hp: H.HParams, source: dict) -> Path:
-    """The weights after `spec.rewind_epoch` epochs of that phase 0: saved the first time a run rewinds there."""
+    """The weights after `spec.rewind_epoch` epochs of that phase 0: saved as phase 0 trains (for a phase 0 saved
+    before rewind points were, by replaying it)."""
     path = phase0_path(results_dir, spec, hp, source)
     return path.with_name(f"{path.stem}_epoch{spec.rewind_epoch}.pt")
 

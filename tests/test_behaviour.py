@@ -12,10 +12,11 @@ import torch
 import helpers as H
 from conftest import FAST, fake_record
 from lth.identity import ResultMismatch
-from lth.report import Findings, findings, verdict
+from lth.report import Findings, findings
 from lth.runs import resolve_hparams, run_experiment
-from lth.spec import RunSpec
+from lth.spec import CLASSIC, RunSpec
 from lth.store import load_masks, load_phase0, load_theta0, phase0_path
+from lth.verdicts import compare_seeds, range_verdict
 
 
 def run(spec, data, results, hp=FAST):
@@ -93,15 +94,42 @@ def test_a_phase0_of_other_settings_at_the_asked_path_is_refused(data, tmp_path)
     ([0.70, 0.71, 0.95], [0.80, 0.81], False),    # the means differ by more, yet the ranges overlap
     ([0.70, 0.80], [0.80, 0.90], False),          # touching ranges overlap
 ])
-def test_the_verdict_compares_ranges_in_both_directions(a, b, beyond):
-    assert verdict(a, b).startswith("beyond" if beyond else "within")
+def test_unpaired_arms_compare_their_ranges_in_both_directions(a, b, beyond):
+    assert range_verdict(a, b).startswith("beyond" if beyond else "within")
 
 
-def test_reinit_below_the_ticket_beyond_the_seed_range_is_said_so():
+def test_reinit_below_the_ticket_in_every_seed_is_clear():
     records = [fake_record("lottery", a, sparsity=0.5, seed=s) for s, a in enumerate((0.80, 0.81, 0.82))]
     records += [fake_record("reinit", a, sparsity=0.5, seed=s) for s, a in enumerate((0.74, 0.75, 0.76))]
     text = "\n".join(findings(records))
-    assert "-6.00 points against the rewound ticket (beyond the seed range" in text
+    assert "-6.00 points against the rewound ticket (paired by seed, clear: 95% interval -6.00 to -6.00" in text
+
+
+def test_a_small_effect_that_every_seed_shows_is_clear_though_the_ranges_overlap():
+    """Seeds share θ0 and phase 0, so arms are compared seed by seed: +0.4 points in each of 3 seeds is an effect,
+    though the ranges over seeds (1 point wide) overlap."""
+    records = [fake_record("lottery", a + 0.004 + 0.0002 * s, sparsity=0.5, seed=s)
+               for s, a in enumerate((0.800, 0.810, 0.805))]
+    records += [fake_record("random", a, sparsity=0.5, seed=s) for s, a in enumerate((0.800, 0.810, 0.805))]
+    sweep = next(line for line in findings(records) if line.startswith("Sparsity 50%"))
+    assert "the ticket leads by +0.42 points (paired by seed, clear: 95% interval +0.37 to +0.47 points" in sweep
+    assert "3 of 3 seeds above" in sweep
+
+
+def test_runs_that_do_not_share_their_phase_0_are_said_to_be_unpaired():
+    records = [fake_record("lottery", 0.80 + 0.01 * s, sparsity=0.5, seed=s) for s in range(3)]
+    records += [fake_record("random", 0.70 + 0.01 * s, phase0=0.74, sparsity=0.5, seed=s) for s in range(3)]
+    sweep = next(line for line in findings(records) if line.startswith("Sparsity 50%"))
+    assert "(unpaired, as no seed shares its phase 0: beyond the seed range" in sweep
+
+
+def test_a_level_one_test_image_from_the_threshold_is_at_the_threshold_not_below_it():
+    """72.997% against a threshold of 73.000% (phase 0 75%, less 2 points): less than one test image apart."""
+    classic = dict(sparsity=CLASSIC["sparsity"], rounds=CLASSIC["rounds"], epochs=CLASSIC["epochs"])
+    records = [fake_record("fixed_mask", 0.73 - 0.00003, seed=s, **classic) for s in range(3)]
+    line = next(line for line in findings(records) if line.startswith("Ticket mask"))
+    assert "at the threshold, within one test image of 2 points below the dense phase 0, at 80.0%" in line
+    assert "never more than 2 points below it" in line and "first more than" not in line.split(".")[0]
 
 
 def test_evaluation_uses_running_statistics_and_the_test_images_as_they_are(data):
@@ -214,12 +242,14 @@ def test_reinit_draws_follow_the_layout_asked_not_the_models_nor_the_global_seed
     assert not torch.equal(contiguous["features.0.0.weight"], nhwc["features.0.0.weight"])  # the layout matters
 
 
-def test_the_verdict_says_so_on_quick_runs_and_counts_touching_ranges_as_overlapping():
-    assert verdict([0.5, 0.6], [0.1, 0.2], quick=True) == "no verdict on a quick run"
+def test_no_verdict_on_quick_runs_and_touching_ranges_overlap():
+    a, b = {0: (0.5, "p0"), 1: (0.6, "p1")}, {0: (0.1, "p0"), 1: (0.2, "p1")}
+    assert compare_seeds(a, b, quick=True).said == "no verdict on a quick run"
     quick = Findings([fake_record("lottery", 0.5, quick=True, sparsity=0.5)], {}, 5, 5)
-    assert quick.verdict([0.5, 0.6], [0.1, 0.2]) == "no verdict on a quick run"
-    assert verdict([0.5, 0.6], [0.4, 0.5]) == "within the seed range: the ranges overlap"
-    assert verdict([0.4, 0.5], [0.5, 0.6]) == "within the seed range: the ranges overlap"
+    assert quick.pair([fake_record("lottery", 0.5, sparsity=0.5)],
+                      [fake_record("random", 0.1, sparsity=0.5)]).said == "no verdict on a quick run"
+    assert range_verdict([0.5, 0.6], [0.4, 0.5]) == "within the seed range: the ranges overlap"
+    assert range_verdict([0.4, 0.5], [0.5, 0.6]) == "within the seed range: the ranges overlap"
 
 
 def test_pruned_weights_stay_zero_through_every_round_of_the_procedure(data):

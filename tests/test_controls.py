@@ -67,8 +67,9 @@ def phase0_weights_at(data, epoch: int, epochs: int, seed: int = 0) -> tuple[dic
 def test_a_rewind_point_equals_the_weights_of_an_uninterrupted_phase0_at_that_epoch(phase0, data, tmp_path,
                                                                                     monkeypatch):
     spec = RunSpec.of("late_rewind", **SCHEDULE, rewind_epoch=1)
-    if phase0 == "replayed":  # a phase 0 saved before, by a run that rewinds to θ0
+    if phase0 == "replayed":  # a phase 0 saved before rewind points were, by a run that rewinds to θ0
         run(RunSpec.of("lottery", **SCHEDULE), data, tmp_path)
+        rewind_point_path(tmp_path, spec, HP, data.source).unlink()
         before = phase0_path(tmp_path, spec, HP, data.source).read_bytes()
     expected, final = phase0_weights_at(data, 1, 2)
     starts = starts_of_training(monkeypatch)
@@ -99,6 +100,7 @@ def test_a_replay_that_leaves_the_saved_phase0s_path_prunes_by_its_own_weights(d
     saved["state"] = {k: torch.randn(v.shape, generator=draw) if v.is_floating_point() else v  # other magnitudes
                       for k, v in saved["state"].items()}
     torch.save(saved, path)
+    rewind_point_path(shared, spec, HP, data.source).unlink()  # saved before rewind points were: replayed
     before = path.read_bytes()
     expected = run(spec, data, alone)
     accuracies = lambda record: [(e["round"], e["val_acc"], e["train_loss"]) for e in record["history"]]
@@ -110,6 +112,26 @@ def test_a_replay_that_leaves_the_saved_phase0s_path_prunes_by_its_own_weights(d
         own, alone_phase0 = load_phase0(shared, record)["state"], load_phase0(alone, expected)["state"]
         assert all(torch.equal(own[k], v) for k, v in alone_phase0.items())
     assert path.read_bytes() == before
+    # rewinding to θ0 from that same phase 0, to pair with it: the lottery run of a phase 0 trained here
+    partner = run(RunSpec.of("lottery", **SCHEDULE, phase0_of_late_rewind=1), data, shared)
+    plain = run(RunSpec.of("lottery", **SCHEDULE), data, alone)
+    assert "phase0late1" in partner["name"] and accuracies(partner) == accuracies(plain)
+    assert accuracies(partner)[:SCHEDULE["epochs"]] == accuracies(expected)[:SCHEDULE["epochs"]]
+    masks, plain_masks = load_masks(shared, partner), load_masks(alone, plain)
+    assert all(torch.equal(masks[r][k], m) for r in plain_masks for k, m in plain_masks[r].items())
+
+
+def test_a_phase0_trained_now_keeps_its_rewind_point_so_late_rewinding_shares_it(data, tmp_path, monkeypatch):
+    lottery = run(RunSpec.of("lottery", **SCHEDULE), data, tmp_path)
+    starts = starts_of_training(monkeypatch)
+    late = run(RunSpec.of("late_rewind", **SCHEDULE, rewind_epoch=1), data, tmp_path)
+    assert len(starts) == SCHEDULE["rounds"]  # its rounds only: phase 0 was neither trained nor replayed
+    first = lambda record: record["history"][:SCHEDULE["epochs"]]
+    assert first(late) == first(lottery)
+    # so rewinding to θ0 from late rewinding's phase 0 is the lottery run itself: loaded, nothing trains
+    partner = run(RunSpec.of("lottery", **SCHEDULE, phase0_of_late_rewind=1), data, tmp_path)
+    assert partner == lottery and len(starts) == SCHEDULE["rounds"]
+    assert not list((tmp_path / "runs" / "lottery").glob("*phase0late*"))
 
 
 @pytest.mark.parametrize("params, error", [

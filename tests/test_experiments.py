@@ -180,19 +180,21 @@ def test_findings_compute_gap_range_and_whether_it_exceeds_the_seed_range():
     records += [fake_record("reinit", 0.78, sparsity=0.5)]
     text = "\n".join(findings(records))
     assert ("Sparsity 50%: lottery ticket 81.00% (range 80.00%-82.00%, 3 seeds), random pruning 76.00% (range "
-            "75.00%-77.00%, 3 seeds): the ticket leads by +5.00 points, beyond the seed range: the ranges do not "
-            "overlap") in text
+            "75.00%-77.00%, 3 seeds): the ticket leads by +5.00 points (paired by seed, clear: 95% interval +2.52 to "
+            "+7.48 points (width 4.97), 3 of 3 seeds above)") in text
     assert ("Sparsity 20%: lottery ticket 79.00% (range 78.00%-80.00%, 2 seeds), random pruning 78.00% (range "
-            "77.00%-79.00%, 2 seeds): the ticket leads by +1.00 points, within the seed range: the ranges "
-            "overlap") in text
-    assert ("Re-init each round at 50%: 78.00% (1 seed), -3.00 points against the rewound ticket (one seed: "
-            "no range to judge it against)") in text
-    assert "Dense network after phase 0 (5 epochs, the fair reference): 75.00% (range 75.00%-75.00%, 3 seeds)" in text
-    assert "against the phase 0 of the same seeds: lottery ticket +6.00 points, random pruning +1.00 points." in text
+            "77.00%-79.00%, 2 seeds): the ticket leads by +1.00 points (paired by seed, not clear: 95% interval "
+            "-24.41 to +26.41 points (width 50.82), 1 of 2 seeds above)") in text
+    assert ("Re-init each round at 50%: 78.00% (1 seed), -2.00 points against the rewound ticket (paired on one "
+            "seed: no interval from one seed; seeds 1, 2 left out: not run by both arms") in text
+    assert ("Dense network after phase 0 (5 epochs, as long as each pruned phase: the equal-epochs reference of every "
+            "gain stated below): 75.00% (range 75.00%-75.00%, 3 seeds).") in text
+    assert ("against the phase 0 of the same seeds (equal epochs): lottery ticket +6.00 points, random pruning +1.00 "
+            "points.") in text
     few = [fake_record(arm, 0.74, phase0=0.70, sparsity=0.3, seed=3) for arm in ("lottery", "random")]  # one seed
     assert ("Sparsity 30%: lottery ticket 74.00% (1 seed), random pruning 74.00% (1 seed): the ticket leads by +0.00 "
-            "points, one seed: no range to judge it against; against the phase 0 of the same seeds: lottery ticket "
-            "+4.00 points, random pruning +4.00 points.") in "\n".join(findings(records + few))
+            "points (paired on one seed: no interval from one seed); against the phase 0 of the same seeds (equal "
+            "epochs): lottery ticket +4.00 points, random pruning +4.00 points.") in "\n".join(findings(records + few))
 
 
 def test_the_classic_curve_finds_where_each_arm_falls_two_points_below_phase0():

@@ -66,7 +66,8 @@ def test_an_arm_added_to_the_table_is_planned_stated_and_offered(made_up_arm):
               [fake_record("lottery", 0.80, seed=s, sparsity=0.5) for s in (0, 1)]
     text = "\n".join(report.findings(records))
     assert ("random survivors re-drawn at 50%: 70.00% (range 70.00%-70.00%, 2 seeds), -5.00 points against its "
-            "phase 0; -10.00 points against lottery ticket (beyond the seed range: the ranges do not overlap).") in text
+            "phase 0; -10.00 points against lottery ticket (paired by seed, clear: 95% interval -10.00 to -10.00 "
+            "points (width 0.00), 2 of 2 seeds below).") in text
     assert "random_reinit" in explore.default_choice(records)["arms"]
     assert spec.figure_names()["random_reinit_curves"] == "06_summary"
 

@@ -10,9 +10,10 @@ import pytest
 import helpers as H
 from conftest import fake_record
 from lth import plots
+from lth.classic import classic_curve, first_drops
 from lth.explore import view_final
 from lth.readme import results_markdown
-from lth.report import QUICK_CAVEAT, classic_curve, findings, first_drops, labels, reading, runs_table, study_markdown
+from lth.report import QUICK_CAVEAT, findings, labels, reading, runs_table, study_markdown
 from lth.spec import ARMS, CLASSIC, RunSpec
 
 matplotlib.use("Agg")
@@ -107,15 +108,18 @@ def test_the_classic_curves_controls_are_judged_level_by_level_against_the_seed_
                + arm("late_rewind", (0.805, 0.82)))
     text = "\n".join(findings(records))
     assert ("Ticket mask, fresh init against lottery ticket on the classic curve, level by level (2 seeds against 2): "
-            "beyond the seed range at 13 of 13 levels: 80.0% left (-9.50 points), 64.0% left (-9.50 points)") in text
+            "paired by seed, clear (the 95% interval of the mean difference excludes zero) at 13 of 13 levels: 80.0% "
+            "left (-9.50 points), 64.0% left (-9.50 points)") in text
     assert ("Ticket mask, fresh init against random pruning on the classic curve, level by level (2 seeds against 2): "
-            "beyond the seed range at 0 of 13 levels; within it at the other 13. First more than 2 points below the "
-            "dense phase 0, seed by seed: 80.0% / 80.0% of the weights left against 80.0% / never (within the seed "
-            "range: the ranges overlap).") in text
-    assert ("Late rewinding against lottery ticket on the classic curve, level by level (2 seeds against 2): beyond "
-            "the seed range at 0 of 13 levels; within it at the other 13. First more than 2 points below the dense "
-            "phase 0, seed by seed: never / never of the weights left against never / never (within the seed range: "
-            "the ranges overlap).") in text
+            "paired by seed, clear (the 95% interval of the mean difference excludes zero) at 13 of 13 levels") in text
+    assert ("First more than 2 points below the dense phase 0, seed by seed: 80.0% / 80.0% of the weights left against "
+            "80.0% / at the threshold at 80.0%, then never (paired by seed: later in 0 of 2 seeds, at the same level "
+            "in 1, earlier in 1).") in text  # random's seed 1 is at 73%: exactly 2 points below its 75%
+    assert ("Late rewinding against lottery ticket on the classic curve, level by level (2 seeds against 2): paired "
+            "by seed, not clear at any of the 13 levels (the 95% interval of the mean difference includes zero at "
+            "each) (interval widths 6.35-6.35 points). First more than 2 points below the dense phase 0, seed by "
+            "seed: never / never of the weights left against never / never (paired by seed: later in 0 of 2 seeds, "
+            "at the same level in 2, earlier in 0).") in text
     assert labels(records[-1])["arm"] == "late rewinding to epoch 1"
 
 
@@ -138,7 +142,7 @@ def test_a_late_rewinding_run_with_a_phase0_of_its_own_is_judged_against_it():
                                    for s, (a, p) in enumerate(zip(accs, phase0))]
     records = arm("lottery", (0.80, 0.80), (0.75, 0.75)) + arm("late_rewind", (0.72, 0.72), (0.75, 0.70))
     curve = classic_curve(records, {})
-    assert first_drops(curve, "late_rewind") == [80.0, 0.0]  # seed 1: 72% is not 2 points below its own 70%
+    assert first_drops(curve, "late_rewind") == {0: (80.0, None), 1: (0.0, None)}  # 72%: not 2 points below 70%
     text = "\n".join(findings(records))
     assert "dense phase 0 75.00% (range 75.00%-75.00%, 2 seeds)" in text
     assert "Late rewinding (mean of seeds 0, 1; their phase 0 72.50%)" in text

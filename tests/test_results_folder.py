@@ -253,7 +253,8 @@ def test_list_works_on_a_read_only_folder(fake_npz, tmp_path):
     finally:
         subprocess.run(["umount", str(tmp_path / "read-only")], check=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.count("to do    02_lottery_sweep") == 6
+    assert out.stdout.count("to do    02_lottery_sweep") == 7  # the sweep, the classic curve, and the classic curve
+    assert "= the run above: late rewinding shares its phase 0" in out.stdout  # from late rewinding's phase 0
 
 
 # G. Inputs that passed silently.
