@@ -12,6 +12,7 @@ from lth import store
 from lth.data import data_identity
 from lth.report import findings, phase0_acc
 from lth.spec import RunSpec, arm_label, exact, is_classic, model_label
+from lth.verdicts import phase0_key
 
 
 def results_markdown(records: list[dict], partners: list[dict] = (), **model) -> str:
@@ -32,14 +33,38 @@ def results_markdown(records: list[dict], partners: list[dict] = (), **model) ->
         rng = f" ({min(accs):.2%}-{max(accs):.2%})" if len(rs) > 1 else ""
         p0 = "-" if not rs[0]["params"]["rounds"] else f"{np.mean([phase0_acc(r) for r in rs]):.2%}"
         lines.append(f"| {label} | {np.mean(accs):.2%}{rng} | {len(rs)} | {p0} | {rs[0]['final_sparsity']:.4f} |")
-    phase0 = {RunSpec(**r["params"]).phase0_name: sum(e["seconds"] for e in r["history"] if e["round"] == 0)
-              for r in records}
-    pruned = sum(e["seconds"] for r in records for e in r["history"] if e["round"] > 0)
-    devices = Counter(r["device"] for r in records)
-    compute = (f"Compute: {(sum(phase0.values()) + pruned) / 3600:.2f} hours of training in these records (each "
-               f"shared phase 0 once), on {'; '.join(f'{d} ({n} runs)' for d, n in sorted(devices.items()))}.")
+    compute = compute_line(records)
     said = findings(records, partners=partners, **model)
     return "\n".join(lines + ["", *[f"- {line}" for line in said], "", compute])
+
+
+def compute_line(records: list[dict]) -> str:
+    """Hours of training in `records`, each shared phase 0 once, by machine. Epoch seconds count only time the
+    process ran (`stopped_seconds` were taken out); an epoch timed before that was measured and marked as holding a
+    stop of unknown length counts at its run's median epoch."""
+    hours, unknown, phase0_seen = Counter(), 0, set()
+    for r in records:
+        phase0 = (RunSpec(**r["params"]).phase0_name, phase0_key(r))
+        median = float(np.median([e["seconds"] for e in r["history"]]))
+        for e in r["history"]:
+            if e["round"] == 0 and phase0 in phase0_seen:
+                continue
+            stopped = "stopped_seconds" in e and e["stopped_seconds"] is None
+            unknown += stopped
+            hours[machine(e.get("device") or r["device"])] += (median if stopped else e["seconds"]) / 3600
+        phase0_seen.add(phase0)
+    machines = ", ".join(f"{name} {h:.2f} h" for name, h in sorted(hours.items(), key=lambda item: -item[1]))
+    return (f"Compute: {sum(hours.values()):.2f} hours of training in these records (each shared phase 0 once; only "
+            f"time the process ran), by machine: {machines}."
+            + (f" {unknown} epochs timed before stops were measured held a stop of unknown length (longer than "
+               f"10 times their run's median epoch): each counts as that median." if unknown else ""))
+
+
+def machine(device: str) -> str:
+    """A record's device as a machine: 'cpu: AMD EPYC, 2 threads, ...' -> 'AMD EPYC (CPU)'; several -> the first."""
+    first = device.split("; ")[0]
+    kind, _, rest = first.partition(": ")
+    return f"{rest.split(', ')[0]} ({kind.upper()})" if rest else first
 
 
 def write_readme_results(text: str, results_dir: Path | str, records: list[dict],

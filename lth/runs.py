@@ -2,6 +2,8 @@
 and a record, masks and identity saved when it finishes. Also the first cell every run notebook calls."""
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
@@ -88,7 +90,7 @@ def run_experiment(spec: RunSpec, data: H.Data, device: str | torch.device | Non
         left = spec.epochs * (spec.rounds - done + (not store.phase0_ready(results_dir, spec, hp, data.source)))
         device_name = precision.describe_device(dev, hp.precision)
         say(f"{name}: {left} epochs to train on {device_name}, precision {hp.precision}")
-        eta = first_epoch_eta(left, say)
+        eta = running_time(first_epoch_eta(left, say))
         round_masks = dict(saved["round_masks"]) if saved else {}
 
         def on_round(r: int, model: torch.nn.Module, masks: H.Masks, history: list[dict]) -> None:
@@ -238,6 +240,47 @@ def replayed_exactly(path: Path, saved: dict, replayed: dict, name: str, say: Ca
             "replay's own weights, kept beside its rewind point, so mask and rewind point come from one phase 0; "
             f"{path.name} is left as it is.")
     return not differ
+
+
+class StoppedTime:
+    """When this process was stopped (SIGSTOP, Ctrl-Z, a paused machine), which an epoch's wall time would count: a
+    daemon thread wakes every TICK s, and a wake-up more than GAP s after the last means the whole process was stopped
+    in between (a busy CPU delays a wake-up by milliseconds, not seconds)."""
+    TICK, GAP = 0.5, 5.0
+
+    def __init__(self):
+        self.stops, self.last, self.lock = [], time.monotonic(), threading.Lock()
+        threading.Thread(target=self.watch, daemon=True, name="stopped-time").start()
+
+    def watch(self) -> None:
+        while True:
+            time.sleep(self.TICK)
+            self.between(0, 0)
+
+    def between(self, start: float, end: float) -> float:
+        """Seconds stopped between two `time.monotonic()` readings, a stop not woken from yet included."""
+        with self.lock:
+            now = time.monotonic()
+            if now - self.last > self.GAP:
+                self.stops.append((self.last + self.TICK, now))
+            self.last = now
+            return sum(max(0.0, min(end, b) - max(start, a)) for a, b in self.stops)
+
+
+STOPPED = StoppedTime()
+
+
+def running_time(on_epoch: Callable[[dict], None]) -> Callable[[dict], None]:
+    """An `on_epoch` that first takes out of each epoch's `seconds` the time the process was stopped during it, and
+    marks the epoch with `stopped_seconds`: a record's seconds count only time the process ran."""
+    def on(epoch: dict) -> None:
+        end = time.monotonic()
+        stopped = STOPPED.between(end - epoch["seconds"], end)
+        if stopped > 0:
+            epoch["seconds"] -= stopped
+            epoch["stopped_seconds"] = stopped
+        on_epoch(epoch)
+    return on
 
 
 def first_epoch_eta(epochs: int, say: Callable) -> Callable[[dict], None]:

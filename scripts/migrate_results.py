@@ -7,6 +7,8 @@
   model and seed in `checkpoints/theta0/`, and each phase 0 is named by its identity and carries it.
 - masks: each `*.masks.npz` gains the identity of the run that made it (from its record).
 - records: the old `bf16: true/false` hparams key becomes `precision: "bf16"/"fp32"`.
+- stops: an epoch timed before stops of the process were measured, and longer than 10 times its run's median
+  epoch, is marked `stopped_seconds: null` (it held a stop of unknown length).
 - networks: every record, mask file, checkpoint, phase 0 and θ0 gains the fingerprint of the network that made it
   (`lth.identity.network_fingerprint`), once every θ0 in the folder is rebuilt bit for bit by today's code: a folder
   whose θ0 today's networks do not draw again is left as it is, and the script says which.
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import helpers as H  # noqa: E402
 from lth import data, identity, spec, store  # noqa: E402
 
+STOPPED_EPOCH = 10  # contention on 2 cores slowed epochs up to 9x their run's median here; a stop, far more
 OLD_PHASE0 = re.compile(r"bn(?P<bn>[01])_do(?P<do>[^_]+)_E(?P<epochs>\d+)_seed(?P<seed>\d+)\.pt")
 
 
@@ -148,6 +151,22 @@ def migrate_networks(results: Path) -> int:
     return changed
 
 
+def mark_unmeasured_stops(results: Path) -> int:
+    """Epochs timed before stops were measured whose seconds exceed STOPPED_EPOCH times their run's median held a stop
+    of the process: marked `stopped_seconds: null` (unknown), so the compute line counts them at that median."""
+    changed = 0
+    for path in sorted(results.glob("runs/*/*.json")):
+        record = json.loads(path.read_text())
+        median = float(np.median([e["seconds"] for e in record["history"]]))
+        marked = [e for e in record["history"] if "stopped_seconds" not in e and e["seconds"] > STOPPED_EPOCH * median]
+        for e in marked:
+            e["stopped_seconds"] = None
+        if marked:
+            store.write_json(path, record)
+            changed += 1
+    return changed
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path)
@@ -156,6 +175,7 @@ def main() -> None:
     migrate_manifest(results)
     print(f"phase 0: {migrate_phase0(results)} migrated; masks: {migrate_masks(results)} migrated")
     print(f"networks: {migrate_networks(results)} files gained their network's fingerprint")
+    print(f"stops: {mark_unmeasured_stops(results)} records have epochs marked as holding a stop of unknown length")
 
 
 if __name__ == "__main__":

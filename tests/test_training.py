@@ -1,5 +1,8 @@
 import platform
 import resource
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import replace
 
@@ -8,7 +11,7 @@ import pytest
 import torch
 
 import helpers as H
-from conftest import FAST, fake_arrays
+from conftest import FAST, fake_arrays, fake_record
 from lth.data import load_data
 from lth.precision import kernels, resolve_device
 
@@ -234,3 +237,36 @@ def test_the_training_loss_is_label_smoothed_as_asked_and_reported_as_the_epochs
     steps = len(losses) // 2
     for epoch, batch_losses in zip(history, (losses[:steps], losses[steps:])):
         assert epoch["train_loss"] == pytest.approx(sum(float(used) for used, _ in batch_losses) / steps, rel=1e-6)
+
+
+def test_an_epoch_counts_only_the_time_its_process_ran():
+    """A process stopped for 6 s in a 9 s epoch (SIGSTOP, as Ctrl-Z or a paused machine would): its seconds leave the
+    stop out, and the epoch is marked with it."""
+    code = ("import sys, time; sys.path.insert(0, '.'); from lth.runs import running_time\n"
+            "got = []; on = running_time(got.append); t0 = time.perf_counter(); print('ready', flush=True)\n"
+            "while time.perf_counter() - t0 < 9: time.sleep(0.05)\n"
+            "on({'seconds': time.perf_counter() - t0}); print(repr(got[0]))")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=H.ROOT)
+    assert child.stdout.readline().strip() == "ready"
+    time.sleep(1)
+    child.send_signal(signal.SIGSTOP)
+    time.sleep(6)
+    child.send_signal(signal.SIGCONT)
+    epoch = eval(child.communicate(timeout=60)[0])
+    assert 5.0 < epoch["stopped_seconds"] < 6.6
+    assert 2.4 < epoch["seconds"] < 4.0  # 9 s of wall time, less the stop
+
+
+def test_the_compute_line_lists_each_machine_once_and_counts_an_unmeasured_stop_at_its_runs_median():
+    from lth.readme import compute_line
+    records = [fake_record("lottery", 0.8, sparsity=0.5, seed=s) for s in (0, 1)]
+    for r, device in zip(records, ("cpu: AMD EPYC, 1 threads", "cpu: AMD EPYC, 2 threads; cpu: Intel Xeon, 2 threads")):
+        r["device"] = device
+        for e in r["history"]:
+            e["seconds"] = 3600.0
+    records[0]["history"][1] |= {"seconds": 20 * 3600.0, "stopped_seconds": None}  # timed before stops were measured
+    records[1]["history"][2] |= {"seconds": 1800.0, "stopped_seconds": 1800.0}  # measured, and taken out
+    line = compute_line(records)
+    assert line.startswith("Compute: 11.50 hours of training in these records")
+    assert "by machine: AMD EPYC (CPU) 11.50 h." in line  # one machine, whatever its threads
+    assert "1 epochs timed before stops were measured held a stop of unknown length" in line
