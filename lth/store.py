@@ -41,6 +41,7 @@ from lth.identity import (
     saved_identity,
     theta0_name,
 )
+from lth.schema import schema_errors
 from lth.spec import RunSpec, as_bool
 
 PUBLISHED_RESULTS = H.ROOT / "results"  # the study this repository publishes: its README's numbers come from here
@@ -206,14 +207,15 @@ def save_atomic(obj, path: Path) -> None:
 def write_json(path: Path, obj) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
 
+def not_a_number(constant: str):
+    raise ValueError(f"{constant} is not a number a record holds")
+
 def read_json(path: Path):
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(), parse_constant=not_a_number)
     except (ValueError, UnicodeDecodeError) as e:
         raise DamagedFile(f"{path} is damaged ({e}). Restore it (`git checkout -- {path}` if it is committed), or "
                           "delete it to compute the run again.") from None
-
-RECORD_KEYS = ("experiment", "name", "params", "hparams", "history", "final_val_acc", "final_sparsity", "data")
 
 def read_pt(path: Path, say: Callable, then: str):
     """A checkpoint, or None when it is damaged: it is then set aside as <name>.damaged and the caller goes on."""
@@ -230,12 +232,10 @@ def read_record(path: Path) -> dict:
     """A finished run's record; DamagedFile, naming the file, for anything that is not one."""
     record = read_json(path)
     try:
-        missing = [k for k in RECORD_KEYS if k not in record]
-        if missing:
-            raise ValueError(f"it lacks {', '.join(missing)}")
+        errors = schema_errors(record)
+        if errors:
+            raise ValueError("; ".join(errors))
         record_identity(record)  # its params, hparams and data are ones a run can have
-        if not record["history"] or not all(isinstance(e, dict) and "val_acc" in e for e in record["history"]):
-            raise ValueError("its history is not a list of epochs")
     except (TypeError, ValueError, AttributeError) as e:
         raise DamagedFile(f"{path} is not a run record ({type(e).__name__}: {e}). Restore it (`git checkout -- "
                           f"{path}` if it is committed), or delete it to compute the run again.") from None

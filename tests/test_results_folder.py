@@ -23,6 +23,7 @@ from lth.explore import VIEWS, default_choice
 from lth.identity import DamagedFile, ResultMismatch
 from lth.masks import mask_findings
 from lth.readme import write_readme_results
+from lth.report import findings
 from lth.runs import resolve_hparams, run_experiment
 from lth.spec import RunSpec, as_bool
 from lth.store import (
@@ -204,6 +205,26 @@ def test_auto_keeps_the_precision_of_an_interrupted_run(data, tmp_path, monkeypa
 
 # E. Every file a notebook reads is named when it cannot be read, and the rest goes on.
 
+@pytest.mark.parametrize("field, value, said", [
+    ("final_val_acc", "0.8", "final_val_acc: '0.8' is not of type 'number'"),
+    ("final_val_acc", None, "final_val_acc: None is not of type 'number'"),
+    ("final_val_acc", float("nan"), "NaN is not a number a record holds"),
+    ("history", "no round", "history/0: 'round' is a required property"),
+])
+def test_a_record_that_breaks_the_schema_is_listed_with_what_failed_and_the_rest_is_stated(field, value, said, data,
+                                                                                           tmp_path):
+    good, other = run(TINY, data, tmp_path), run(replace(TINY, seed=1), data, tmp_path)
+    path = record_path(tmp_path, replace(TINY, seed=1), resolved())
+    if field == "history":
+        value = [{k: v for k, v in e.items() if k != "round"} for e in other["history"]]
+    path.write_text(json.dumps({**other, field: value}))
+    skipped = []
+    with pytest.warns(UserWarning, match=path.name):
+        records = load_records(tmp_path, skipped=skipped)
+    assert [r["name"] for r in records] == [good["name"]] and said in skipped[0]
+    assert findings(records, rounds=TINY.rounds, epochs=TINY.epochs)  # the summary states the rest
+    assert mask_findings(records, tmp_path)
+
 @pytest.mark.parametrize("content", ["{}", "null", "[1, 2]", "UNKNOWN", "LR_TEXT"])
 def test_a_record_that_is_not_a_record_is_named_and_skipped(content, data, tmp_path):
     good = run(TINY, data, tmp_path)
@@ -214,7 +235,7 @@ def test_a_record_that_is_not_a_record_is_named_and_skipped(content, data, tmp_p
         content = json.dumps({**good, "hparams": {**good["hparams"], "lr": "0.2"}})
     bad.write_text(content)
     skipped = []
-    with pytest.warns(UserWarning, match=f"{bad.name} is not a run record"):
+    with pytest.warns(UserWarning, match=f"{bad.name} (is not a run record|is damaged)"):
         assert [r["name"] for r in load_records(tmp_path, skipped=skipped)] == [name_of(TINY)]
     assert len(skipped) == 1 and str(bad) in skipped[0]
     study = R.Study(tmp_path, data, resolve_hparams(FAST, torch.device("cpu")))
