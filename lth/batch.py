@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import nbformat
-import torch
 
 import helpers as H
 from lth import runs, store
@@ -138,7 +137,7 @@ class Study:
         if not ckpt.exists():
             return "to do"
         try:
-            saved = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)
+            saved = store.load_pt(ckpt, mmap=True)
         except Exception:
             return "partial"  # a damaged checkpoint is set aside and the run restarts after its phase 0
         try:
@@ -157,8 +156,7 @@ class Study:
     def rounds_done(self, spec: RunSpec) -> int:
         """Rounds an interrupted run has finished (its checkpoint), 0 for a run not started or a damaged checkpoint."""
         try:
-            saved = torch.load(store.checkpoint_path(self.results, spec, self.hp), map_location="cpu", mmap=True,
-                               weights_only=True)
+            saved = store.load_pt(store.checkpoint_path(self.results, spec, self.hp), mmap=True)
             return saved["history"][-1]["round"]
         except Exception:
             return 0
@@ -276,7 +274,7 @@ def problem(study: Study, spec: RunSpec, state: str) -> str:
             check_identity(path, record_identity(store.read_record(path)), study.identity(spec))
         else:
             path = store.checkpoint_path(study.results, spec, study.hp)
-            saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            saved = store.load_pt(path, mmap=True)
             check_identity(path, checkpoint_identity(saved, path), study.identity(spec))
     except (ResultMismatch, DamagedFile) as e:
         return str(e).replace("force=True (run_all.py --force)", "--force")

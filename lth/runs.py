@@ -39,7 +39,7 @@ def saved_precisions(results_dir: Path | str) -> set[str]:
     used = {H.HParams(**r["hparams"]).precision for r in store.load_records(results_dir)}
     for path in [*Path(results_dir).glob("checkpoints/*.pt"), *Path(results_dir).glob("checkpoints/phase0/*.pt")]:
         try:  # mmap: only the small identity is read, not the weights
-            saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            saved = store.load_pt(path, mmap=True)
             used.add(H.HParams(**saved["identity"]["hparams"]).precision)
         except Exception:
             pass  # a damaged checkpoint is named, and set aside, when its run resumes
@@ -129,7 +129,7 @@ def own_phase0(results_dir: Path | str, spec: RunSpec, hp: H.HParams, source: di
     point = store.rewind_point_path(results_dir, late, hp, source)
     if point.exists():
         try:  # mmap: the file's keys are read, not its weights
-            return "phase0" in torch.load(point, map_location="cpu", mmap=True, weights_only=True)
+            return "phase0" in store.load_pt(point, mmap=True)
         except Exception:
             return None  # damaged: named, and set aside, when a run reads it
     return False if not store.phase0_path(results_dir, late, hp, source).exists() else None

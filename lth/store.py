@@ -14,7 +14,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections import Counter
 from dataclasses import asdict
@@ -26,6 +25,7 @@ import torch
 
 import helpers as H
 from lth.data import data_identity, data_source, describe_data
+from lth.files import atomic_write, content_digest, load_pt, read_json, read_pt, save_atomic, write_json
 from lth.identity import (
     DamagedFile,
     ResultMismatch,
@@ -186,48 +186,6 @@ def holding(lock, say: Callable, what: str):
 def to_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in tensors.items()}
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """`write` a temporary file unique to this writer, then rename it over `path`: a reader sees the old file or
-    the new one, never half of one; two writers never share a temporary file; a failed write leaves nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-def save_atomic(obj, path: Path) -> None:
-    """torch.save, atomically: a killed process never leaves half a checkpoint."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-def write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
-
-def not_a_number(constant: str):
-    raise ValueError(f"{constant} is not a number a record holds")
-
-def read_json(path: Path):
-    try:
-        return json.loads(path.read_text(), parse_constant=not_a_number)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DamagedFile(f"{path} is damaged ({e}). Restore it (`git checkout -- {path}` if it is committed), or "
-                          "delete it to compute the run again.") from None
-
-def read_pt(path: Path, say: Callable, then: str):
-    """A checkpoint, or None when it is damaged: it is then set aside as <name>.damaged and the caller goes on."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        aside = path.with_name(path.name + ".damaged")
-        os.replace(path, aside)
-        say(f"WARNING: {path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}); set aside as "
-            f"{aside.name}, {then}.")
-        return None
-
 def read_record(path: Path) -> dict:
     """A finished run's record; DamagedFile, naming the file, for anything that is not one."""
     record = read_json(path)
@@ -277,6 +235,7 @@ def save_masks(path: Path, round_masks: dict[int, dict[str, torch.Tensor]], iden
     """Every round's masks, with the identity of the run that made them: masks are never read for another run."""
     arrays = {f"round{r}/{name}": bits.numpy() for r, layers in round_masks.items() for name, bits in layers.items()}
     arrays["identity"] = np.array(json.dumps(identity, sort_keys=True, default=lambda v: v.item()))
+    arrays["checksum"] = np.array(content_digest(arrays))
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
@@ -298,13 +257,15 @@ def load_masks(results_dir: Path | str, record: dict) -> dict[int, H.Masks]:
     out: dict[int, H.Masks] = {}
     try:
         with np.load(path) as f:
-            identity = saved_identity(**json.loads(str(f["identity"])))
-            for key in f.files:
-                if key != "identity":
-                    r, name = key.split("/", 1)
-                    bits = np.unpackbits(f[key], count=math.prod(shapes[name])).astype(bool)
-                    out.setdefault(int(r.removeprefix("round")), {})[name] = torch.from_numpy(
-                        bits.reshape(shapes[name]))
+            arrays = {k: f[k] for k in f.files}
+        if "checksum" in arrays and str(arrays["checksum"]) != content_digest(arrays):
+            raise ValueError("its content no longer matches its checksum")
+        identity = saved_identity(**json.loads(str(arrays.pop("identity"))))
+        arrays.pop("checksum", None)
+        for key, packed in arrays.items():
+            r, name = key.split("/", 1)
+            bits = np.unpackbits(packed, count=math.prod(shapes[name])).astype(bool)
+            out.setdefault(int(r.removeprefix("round")), {})[name] = torch.from_numpy(bits.reshape(shapes[name]))
     except Exception as e:
         raise DamagedFile(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}). Restore it "
                           "(`git checkout -- PATH` if it is committed), or compute the run again (force=True)."
@@ -323,14 +284,16 @@ def load_phase0(results_dir: Path | str, record: dict) -> dict:
         raise FileNotFoundError(f"{path} does not exist: the phase 0 of {record['name']} is not in this folder "
                                 "(only the shared 5-epoch phases 0 are committed); run it again to recompute it.")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_pt(path)
+    except DamagedFile:
+        raise
     except Exception as e:
         raise DamagedFile(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}). Restore it "
                           "(`git checkout -- PATH` if it is committed), or delete it to train it again.") from None
     check_identity(path, phase0_file_identity(saved, path), phase0_identity(spec, hp, record["data"]))
     point = rewind_point_path(results_dir, spec, hp, record["data"]) if spec.rewind_epoch else None
     if point and point.exists():  # a replay that left the saved phase 0's path is the run's own phase 0
-        own = torch.load(point, map_location="cpu", weights_only=True).get("phase0")
+        own = load_pt(point).get("phase0")
         return {**saved, **own} if own else saved
     return saved
 

@@ -7,6 +7,7 @@
   model and seed in `checkpoints/theta0/`, and each phase 0 is named by its identity and carries it.
 - masks: each `*.masks.npz` gains the identity of the run that made it (from its record).
 - records: the old `bf16: true/false` hparams key becomes `precision: "bf16"/"fp32"`.
+- checksums: every .pt and mask file gains a checksum of its content, checked on every load.
 - stops: an epoch timed before stops of the process were measured, and longer than 10 times its run's median
   epoch, is marked `stopped_seconds: null` (it held a stop of unknown length).
 - networks: every record, mask file, checkpoint, phase 0 and θ0 gains the fingerprint of the network that made it
@@ -100,7 +101,7 @@ def rewrite_masks(path: Path, arrays: dict[str, np.ndarray], run_identity: dict)
     """A mask file's bits as they are, under `run_identity`."""
     rounds = {}
     for key, bits in arrays.items():
-        if key != "identity":
+        if key not in ("identity", "checksum"):
             r, name = key.split("/", 1)
             rounds.setdefault(int(r.removeprefix("round")), {})[name] = torch.from_numpy(bits)
     store.save_masks(path, rounds, run_identity)
@@ -167,6 +168,23 @@ def mark_unmeasured_stops(results: Path) -> int:
     return changed
 
 
+def add_checksums(results: Path) -> int:
+    """A checksum of its content into every .pt and mask file saved before files carried one (values unchanged)."""
+    changed = 0
+    for path in sorted(results.glob("checkpoints/**/*.pt")):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(saved, dict) and "checksum" not in saved:
+            store.save_atomic(saved, path)
+            changed += 1
+    for path in sorted(results.glob("runs/*/*.masks.npz")):
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+        if "checksum" not in arrays:
+            rewrite_masks(path, arrays, json.loads(str(arrays["identity"])))
+            changed += 1
+    return changed
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path)
@@ -175,6 +193,7 @@ def main() -> None:
     migrate_manifest(results)
     print(f"phase 0: {migrate_phase0(results)} migrated; masks: {migrate_masks(results)} migrated")
     print(f"networks: {migrate_networks(results)} files gained their network's fingerprint")
+    print(f"checksums: {add_checksums(results)} files gained a checksum of their content")
     print(f"stops: {mark_unmeasured_stops(results)} records have epochs marked as holding a stop of unknown length")
 
 

@@ -6,6 +6,7 @@ import torch
 import helpers as H
 from conftest import FAST
 from lth import precision
+from lth.files import save_atomic
 from lth.runs import resolve_hparams, run_experiment
 from lth.spec import RunSpec
 from lth.store import load_masks, load_phase0, load_theta0, phase0_path, rewind_point_path
@@ -99,7 +100,7 @@ def test_a_replay_that_leaves_the_saved_phase0s_path_prunes_by_its_own_weights(d
     saved, draw = torch.load(path), torch.Generator().manual_seed(0)
     saved["state"] = {k: torch.randn(v.shape, generator=draw) if v.is_floating_point() else v  # other magnitudes
                       for k, v in saved["state"].items()}
-    torch.save(saved, path)
+    save_atomic(saved, path)  # written by the project, with other content
     rewind_point_path(shared, spec, HP, data.source).unlink()  # saved before rewind points were: replayed
     before = path.read_bytes()
     expected = run(spec, data, alone)

@@ -100,7 +100,8 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(data, tmp_path, m
 def test_reading_compares_with_the_dense_baseline_and_the_other_arms(tmp_path):
     def record(experiment, acc, **params):
         spec = RunSpec.of(experiment, **params)
-        history = [{"round": 0, "val_acc": 0.75}] + [{"round": 1, "val_acc": acc}] * (spec.rounds > 0)
+        history = [{"round": 0, "val_acc": 0.75, "seconds": 1.0}] + \
+            [{"round": 1, "val_acc": acc, "seconds": 1.0}] * (spec.rounds > 0)
         r = {"experiment": experiment, "name": spec.name, "params": vars(spec), "final_val_acc": acc,
              "final_sparsity": spec.sparsity, "history": history, "hparams": {"precision": "bf16"},
              "data": {"sha256": "test"}}

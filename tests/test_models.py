@@ -22,7 +22,7 @@ def saved_study(tmp_path, data) -> Study:
     """A folder holding SPEC's record as today's CNN made it (written by hand: nothing trains)."""
     hp = resolved()
     record = {"experiment": "lottery", "name": run_name(SPEC, hp), "params": vars(SPEC), "hparams": vars(hp),
-              "history": [{"round": 0, "val_acc": 0.5}], "final_val_acc": 0.5, "final_sparsity": 0.5,
+              "history": [{"round": 0, "val_acc": 0.5, "seconds": 1.0}], "final_val_acc": 0.5, "final_sparsity": 0.5,
               "data": data.source, "network": network_of(SPEC)}
     write_json(record_path(tmp_path, SPEC, hp), record)
     return Study(tmp_path, data, hp)
