@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             print(f"run_all.py: error: --workers needs Ray, which is not installed: {RAY_INSTALL}", file=sys.stderr)
             return 2
+    if args.results_dir:  # as --data-dir: against where the user stands, and said in full
+        args.results_dir = str(Path(args.results_dir).resolve())
     try:
         executions = jobs(args.seeds, args.quick, args.only, args.set)
         data = load_data(args.data_dir, args.quick)  # once, up front: a bad --data-dir fails here, not per notebook
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_all.py: error: {e}", file=sys.stderr)
         return 2
     study = Study(results, data, hp)
-    print(f"results: {store.folder_note(results, args.quick)}\ndata: {describe_data(data.source)}; precision "
+    where = f"{results}/" if args.results_dir else store.folder_note(results, args.quick)
+    print(f"results: {where}\ndata: {describe_data(data.source)}; precision "
           f"{hp.precision} on {args.device}")
     if args.list:
         for job in executions:

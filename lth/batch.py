@@ -3,6 +3,7 @@ folder, and one execution by papermill, written into place only when it finished
 from __future__ import annotations
 
 import csv
+import io
 import os
 import sys
 import tempfile
@@ -243,16 +244,18 @@ def relative(path: Path) -> str:
 
 
 def log_timing(results: Path, row: dict) -> None:
-    """One line per execution; a full or read-only disk costs the line, never the batch or its real error."""
+    """One line per execution, written whole (a killed runner never leaves half a line) under a lock (two runners
+    never lose each other's); a full or read-only disk costs the line, never the batch or its real error."""
     path = results / "timing.csv"
     try:
-        new = not path.exists()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
+        with store.run_lock(results, "timing.csv"):
+            before = path.read_text() if path.exists() else ""
+            line = io.StringIO()
+            w = csv.DictWriter(line, fieldnames=list(row), lineterminator="\n")
+            if not before:
                 w.writeheader()
             w.writerow(row)
+            store.atomic_write(path, lambda tmp: tmp.write_text(before + line.getvalue()))
     except OSError as e:
         print(f"WARNING: could not write {path} ({e}); the runs themselves are unaffected.", file=sys.stderr)
 

@@ -24,9 +24,17 @@ def run_parallel(args, pending: list[Job], study: Study, failed: list[str]) -> i
     import ray
     from tqdm.auto import tqdm
     excludes = ["/data", "/results*", "**/*.pt", "**/*.npz", "**/.locks"]  # the code travels, not results
-    ray.init(address=args.address, runtime_env={"working_dir": str(H.ROOT), "excludes": excludes},
-             include_dashboard=False, log_to_driver=False, configure_logging=False,
-             **({} if args.address else {"num_cpus": args.workers * (args.threads_per_run or 1)}))
+    try:
+        ray.init(address=args.address, runtime_env={"working_dir": str(H.ROOT), "excludes": excludes},
+                 include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 **({} if args.address else {"num_cpus": args.workers * (args.threads_per_run or 1)}))
+    except Exception as e:  # Ray's own traceback names its internals, not the fix
+        where = f"the Ray cluster at {args.address}" if args.address else "a local Ray node"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        failed.append(f"{where} did not start ({type(e).__name__}: {first}). Nothing ran. Run without --workers (one run at a time, "
+                      "no Ray), or clear a stale node with `ray stop`" + (", or check --address" if args.address
+                                                                           else "") + ", then run again.")
+        return 0
     try:
         return schedule(ray, args, pending, study, failed, tqdm)
     except ValueError as e:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from lth import report
+from lth.files import atomic_write
 from lth.spec import ARMS, figure_names, is_classic, plural
 
 
@@ -22,7 +23,7 @@ def save_figure(fig, name: str, results_dir: Path | str) -> Path:
                          "SUMMARY_FIGURES), so that no two notebooks write one file.")
     path = Path(results_dir) / "figures" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))  # never half a PNG
     print(f"figure saved: figures/{path.name}")  # which execution wrote which file: each has one owner
     return path
 

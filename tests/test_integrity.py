@@ -257,7 +257,46 @@ def test_an_unwritable_timing_log_does_not_stop_the_batch(tmp_path, capsys):
     assert "could not write" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("what", ["figure", "timing.csv"])
+def test_a_summary_killed_while_writing_leaves_the_previous_figure_and_timing_log_whole(what, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    import run_all as R
+    from lth.plots import save_figure
+    write = lambda: save_figure(plt.figure(), "classic_curve", tmp_path) if what == "figure" else \
+        R.log_timing(tmp_path, {"notebook": "06_summary", "seconds": 7})
+    write()
+    path = tmp_path / ("figures/classic_curve.png" if what == "figure" else "timing.csv")
+    before = path.read_bytes()
+
+    def killed(self, *a, **k):  # half the bytes reach the disk, then the process is killed
+        Path(a[0] if what == "figure" else self).write_bytes(before[:len(before) // 2])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(*(("matplotlib.figure.Figure.savefig", killed) if what == "figure" else
+                          ("pathlib.Path.write_text", killed)))
+    with pytest.raises(KeyboardInterrupt):
+        write()
+    assert path.read_bytes() == before and not list(path.parent.glob(".*.tmp"))
+
+
 # 8. Smaller defects, each a clear error with its fix.
+
+def test_a_ray_node_that_fails_to_start_names_what_failed_and_the_fix(monkeypatch):
+    ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
+    from types import SimpleNamespace
+
+    from lth.cluster import run_parallel
+
+    def fails(*a, **k):
+        raise ConnectionError("Failed to start the GCS server: port 6379 is in use\n(long Ray traceback)")
+    monkeypatch.setattr(ray, "init", fails)
+    failed = []
+    args = SimpleNamespace(address=None, workers=2, threads_per_run=None)
+    assert run_parallel(args, [], None, failed) == 0
+    assert failed == ["a local Ray node did not start (ConnectionError: Failed to start the GCS server: port 6379 is "
+                      "in use). Nothing ran. Run "
+                      "without --workers (one run at a time, no Ray), or clear a stale node with `ray stop`, then "
+                      "run again."]
 
 @pytest.mark.slow
 def test_ctrl_c_ends_with_one_line_saying_how_to_resume(tmp_path):

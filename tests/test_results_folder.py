@@ -6,6 +6,7 @@ import json
 import shutil
 import stat
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -265,6 +266,14 @@ def test_a_damaged_masks_or_phase0_file_is_named_and_the_summary_goes_on(damage,
     assert skipped and all(str(tmp_path) in s for s in skipped)
     for view in VIEWS.values():
         assert view(records, tmp_path, {**default_choice(records), "sparsity": 0.5}).axes
+
+
+def test_a_relative_results_dir_is_where_the_user_stands_and_said_in_full(fake_npz, tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "run_all.py"), "--list", "--quick", "--data-dir", str(fake_npz),
+                          "--results-dir", "mine", "--only", "01_baseline"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith(f"results: {tmp_path.resolve() / 'mine'}/\n")
 
 
 # F. Reading never writes: --list works on a read-only folder.
