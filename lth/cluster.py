@@ -31,9 +31,9 @@ def run_parallel(args, pending: list[Job], study: Study, failed: list[str]) -> i
     except Exception as e:  # Ray's own traceback names its internals, not the fix
         where = f"the Ray cluster at {args.address}" if args.address else "a local Ray node"
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        failed.append(f"{where} did not start ({type(e).__name__}: {first}). Nothing ran. Run without --workers (one run at a time, "
-                      "no Ray), or clear a stale node with `ray stop`" + (", or check --address" if args.address
-                                                                           else "") + ", then run again.")
+        check = ", or check --address" if args.address else ""
+        failed.append(f"{where} did not start ({type(e).__name__}: {first}). Nothing ran. Run without --workers "
+                      f"(one run at a time, no Ray), or clear a stale node with `ray stop`{check}, then run again.")
         return 0
     try:
         return schedule(ray, args, pending, study, failed, tqdm)
