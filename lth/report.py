@@ -8,7 +8,7 @@ import numpy as np
 
 from lth import store
 from lth.classic import classic_curve, drop_text, first_drops, phase0_by_seed, shared_phase0, sharing_phase0
-from lth.identity import DamagedFile, ResultMismatch, configuration
+from lth.identity import DamagedFile, ResultMismatch, configuration, configurations
 from lth.spec import ARMS, CLASSIC, RunSpec, arm_label, is_classic, model_label, plural, pruned_arms
 from lth.verdicts import Comparison, against_threshold, by_seed, compare_seeds, later_count, paired, points
 
@@ -86,6 +86,8 @@ def findings(records: list[dict], batchnorm: bool = True, dropout: float = 0.0, 
              epochs: int = 5, partners: list[dict] = ()) -> list[str]:
     """The study's findings as sentences, every number computed from `records` (means, ranges over seeds): each arm
     of `ARMS` in turn, by the block its entry names, then the classic curve."""
+    groups = configurations(records)  # one network and its settings: the study's first, never two pooled
+    records = next(iter(groups.values())) if groups else []
     ask = Findings(records, dict(batchnorm=batchnorm, dropout=dropout), rounds, epochs, partners)
     out = [QUICK_CAVEAT] if ask.quick else []
     for name, arm in ARMS.items():
