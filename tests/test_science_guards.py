@@ -52,11 +52,12 @@ def test_the_reinit_control_draws_new_values_every_round_and_they_follow_the_see
         monkeypatch.undo()
         return starts[1:]  # the start of round 1 and of round 2
     a, again, other = survivors(0), survivors(0), survivors(1)
-    name = "features.1.0.weight"
+    name = "classifier.weight"  # a Linear weight: drawn in one layout every round, so equal states draw equal values
     both = (a[0][name] != 0) & (a[1][name] != 0)  # alive in both rounds
-    assert both.sum() > 100 and not torch.equal(a[0][name][both], a[1][name][both])
+    assert both.sum() > 50 and not torch.equal(a[0][name][both], a[1][name][both])
     assert all(torch.equal(x[name], y[name]) for x, y in zip(a, again))
-    assert not torch.equal(a[0][name], other[0][name])
+    alive = (a[0][name] != 0) & (other[0][name] != 0)  # survivors of both seeds' round 1
+    assert alive.sum() > 50 and not torch.equal(a[0][name][alive], other[0][name][alive])
 
 
 @pytest.mark.parametrize("arm", ["late_rewind", "fixed_mask"])
