@@ -142,18 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["LTH_BATCH"] = "1"  # the notebooks' Colab setup cell stays idle in batch runs
     if args.threads_per_run:
         os.environ["OMP_NUM_THREADS"] = str(args.threads_per_run)  # torch's intra-op threads in each kernel
-    start, failed = time.time(), []
+    start, failed, done = time.time(), [], []
     pending, finished = triage(executions, study, args, failed)
     previous_handler = signal.signal(signal.SIGINT, quiet_ctrl_c)
     try:
         if args.workers:
             from lth.cluster import run_parallel
-            finished += run_parallel(args, pending, study, failed)
+            run_parallel(args, pending, study, failed, done)
         else:
-            finished += run_sequential(args, pending, study, failed)
+            run_sequential(args, pending, study, failed, done)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {finished} of {len(executions)} executions finished; runs in progress keep their last "
-              "finished phase. Run the same command again to resume.", file=sys.stderr)
+        print(f"\ninterrupted: {finished + len(done)} of {len(executions)} executions finished; runs in progress "
+              "keep their last finished phase. Run the same command again to resume.", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGINT, previous_handler)
@@ -187,9 +187,10 @@ def triage(executions: list[Job], study: Study, args, failed: list[str]) -> tupl
     return pending, finished
 
 
-def run_sequential(args, pending: list[Job], study: Study, failed: list[str]) -> int:
-    """One execution after another in this process's kernels; returns how many finished."""
-    finished, start, trained_epochs = 0, time.time(), 0
+def run_sequential(args, pending: list[Job], study: Study, failed: list[str], done: list[Job]) -> None:
+    """One execution after another in this process's kernels; each that finishes joins `done` at once, so an
+    interruption counts it."""
+    start, trained_epochs = time.time(), 0
     for i, job in enumerate(pending, 1):
         todo = [j.spec for j in pending[i - 1:] if j.spec]
         left = study.epochs_left(todo)
@@ -206,7 +207,7 @@ def run_sequential(args, pending: list[Job], study: Study, failed: list[str]) ->
         try:
             execute(job, output_path(study.results, job), parameters(study, job, args.device, args.force))
             result = "ok"
-            finished += 1
+            done.append(job)
         except Exception as e:  # a failed run is logged and the others go on; its checkpoints are kept
             failed.append(f"{job.notebook} {job.params}: {short(e)}")
             result = "failed"
@@ -215,7 +216,6 @@ def run_sequential(args, pending: list[Job], study: Study, failed: list[str]) ->
                   "computed again", file=sys.stderr)
         trained_epochs += left - study.epochs_left(todo)
         log_timing(study.results, timing_row(job, time.time() - t0, result))
-    return finished
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ from lth.data import load_data
 from lth.spec import RunSpec
 
 
-def run_parallel(args, pending: list[Job], study: Study, failed: list[str]) -> int:
-    """Up to --workers executions at once on Ray; the summary last, here. Returns how many finished."""
+def run_parallel(args, pending: list[Job], study: Study, failed: list[str], done: list[Job]) -> None:
+    """Up to --workers executions at once on Ray; the summary last, here. Each that finishes joins `done`."""
     import ray
     from tqdm.auto import tqdm
     excludes = ["/data", "/results*", "**/*.pt", "**/*.npz", "**/.locks"]  # the code travels, not results
@@ -34,17 +34,16 @@ def run_parallel(args, pending: list[Job], study: Study, failed: list[str]) -> i
         check = ", or check --address" if args.address else ""
         failed.append(f"{where} did not start ({type(e).__name__}: {first}). Nothing ran. Run without --workers "
                       f"(one run at a time, no Ray), or clear a stale node with `ray stop`{check}, then run again.")
-        return 0
+        return
     try:
-        return schedule(ray, args, pending, study, failed, tqdm)
+        schedule(ray, args, pending, study, failed, done, tqdm)
     except ValueError as e:
         failed.append(str(e))
-        return 0
     finally:
         ray.shutdown()
 
 
-def schedule(ray, args, pending: list[Job], study: Study, failed: list[str], tqdm) -> int:
+def schedule(ray, args, pending: list[Job], study: Study, failed: list[str], done: list[Job], tqdm) -> None:
     env = {k: os.environ[k] for k in ("CIFAR10_DATA", "LTH_BATCH", "OMP_NUM_THREADS") if k in os.environ}
     resources = {"num_cpus": args.threads_per_run or 1, "num_gpus": args.gpus_per_run}
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
@@ -63,7 +62,7 @@ def schedule(ray, args, pending: list[Job], study: Study, failed: list[str], tqd
     queue = [phase0_task.remote(g[0].spec, study.hp, args.quick, str(args.device), env, files(study, g[0].spec))
              for g in groups.values()]
     waiting = dict(zip(queue, groups))
-    in_flight, finished = {}, 0
+    in_flight = {}
     bar = tqdm(total=study.epochs_left([j.spec for j in run_jobs]), unit="epoch", desc="study", smoothing=0)
     print(f"Ray: {len(run_jobs)} run_jobs, {len(groups)} shared phase 0 first; up to {args.workers} at once; "
           f"precision {study.hp.precision}", flush=True)
@@ -81,8 +80,8 @@ def schedule(ray, args, pending: list[Job], study: Study, failed: list[str], tqd
                                   str(study.results.resolve()),
                                   relative(output_path(study.results, job)), env)
             in_flight[ref] = (job, time.time())
-        done, _ = ray.wait([*in_flight, *waiting], num_returns=1)
-        ref = done[0]
+        returned, _ = ray.wait([*in_flight, *waiting], num_returns=1)
+        ref = returned[0]
         if ref in waiting:
             name = waiting.pop(ref)
             try:
@@ -99,7 +98,7 @@ def schedule(ray, args, pending: list[Job], study: Study, failed: list[str], tqd
             for rel, data in out["files"].items():  # the driver is the only writer of results/
                 store.atomic_write(study.results / rel, lambda f, data=data: f.write_bytes(data))
             result, where = "ok", out["where"]
-            finished += 1
+            done.append(job)
         except Exception as e:
             failed.append(f"{job.notebook} {job.params}: {short(e)}")
             result, where = "failed", "?"
@@ -111,8 +110,7 @@ def schedule(ray, args, pending: list[Job], study: Study, failed: list[str], tqd
         t0 = time.time()
         execute(job, output_path(study.results, job), parameters(study, job, args.device, args.force))
         log_timing(study.results, timing_row(job, time.time() - t0, "ok", "driver"))
-        finished += 1
-    return finished
+        done.append(job)
 
 
 def phase0_files(results: Path, spec: RunSpec, hp: H.HParams, source: dict) -> list[Path]:

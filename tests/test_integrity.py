@@ -281,6 +281,20 @@ def test_a_summary_killed_while_writing_leaves_the_previous_figure_and_timing_lo
 
 # 8. Smaller defects, each a clear error with its fix.
 
+def test_ctrl_c_counts_the_executions_that_finished_before_it(fake_npz, tmp_path, monkeypatch, capsys):
+    import run_all as R
+    calls = []
+
+    def execute(job, out, parameters):  # two notebooks finish, then the user presses Ctrl-C in the third
+        calls.append(job)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(R, "execute", execute)
+    monkeypatch.setattr(R, "log_timing", lambda *a: None)
+    code = R.main(["--quick", "--data-dir", str(fake_npz), "--results-dir", str(tmp_path / "r"), "--only",
+                   "01_baseline"])
+    assert code == 130 and "interrupted: 2 of 4 executions finished" in capsys.readouterr().err
+
 def test_a_ray_node_that_fails_to_start_names_what_failed_and_the_fix(monkeypatch):
     ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
     from types import SimpleNamespace
@@ -292,7 +306,7 @@ def test_a_ray_node_that_fails_to_start_names_what_failed_and_the_fix(monkeypatc
     monkeypatch.setattr(ray, "init", fails)
     failed = []
     args = SimpleNamespace(address=None, workers=2, threads_per_run=None)
-    assert run_parallel(args, [], None, failed) == 0
+    run_parallel(args, [], None, failed, [])
     assert failed == ["a local Ray node did not start (ConnectionError: Failed to start the GCS server: port 6379 is "
                       "in use). Nothing ran. Run "
                       "without --workers (one run at a time, no Ray), or clear a stale node with `ray stop`, then "
