@@ -62,6 +62,9 @@ def mask_findings(records: list[dict], results_dir: Path | str, sparsity: float 
         who = f"{model}: " if len(models) > 1 else ""
         runs = runs_with_masks(records, results_dir, choice, skipped)
         if "lottery" not in runs:
+            if any(r["params"]["seed"] == seed for r in chosen(records, {**choice, "arms": ["lottery"]})):
+                out.append(f"{who}Seed {seed}, {sparsity:.0%}: its lottery run was made before masks were saved, so "
+                           "it has none to compare (magnitude masks cannot be rebuilt without retraining).")
             continue
         r, masks = runs["lottery"]
         final = masks[max(masks)]

@@ -164,3 +164,11 @@ def test_runs_of_other_settings_are_stated_apart_never_pooled():
     choice = default_choice(fp32 + bf16)
     assert choice["model"] == "BatchNorm, dropout 0" and setup_label(fp32[0]) == "BatchNorm, dropout 0; precision fp32"
     assert chosen(fp32 + bf16, {**choice, "arms": ["lottery"]}) == bf16[:1]
+
+
+def test_the_mask_findings_name_a_seed_whose_lottery_run_has_no_saved_masks(tmp_path):
+    from lth.masks import mask_findings
+    records = [fake_record("lottery", 0.8, sparsity=0.5, seed=0)]
+    assert mask_findings(records, tmp_path) == [
+        "Seed 0, 50%: its lottery run was made before masks were saved, so it has none to compare (magnitude masks "
+        "cannot be rebuilt without retraining)."]
