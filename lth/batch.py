@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import nbformat
-
 import helpers as H
 from lth import runs, store
 from lth.identity import (
@@ -183,6 +181,7 @@ def is_locked(results: Path, name: str) -> bool:
 
 def notebook_finished(path: Path) -> bool:
     """An executed notebook counts only when papermill ran every code cell to the end."""
+    import nbformat  # with jsonschema, a second to import: only where a notebook is read
     try:
         nb = nbformat.read(path, as_version=4)
     except Exception:
@@ -212,6 +211,7 @@ def execute(job: Job, out: Path, parameters: dict, recorded_as: str | None = Non
     `out` only when it finished: `out` is never half a notebook.
 
     A failed execution is kept as <out>.failed.ipynb to read its error; the previous `out`, if any, stays."""
+    import nbformat
     import papermill as pm
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{out.stem}.", suffix=".running.ipynb")
