@@ -339,8 +339,9 @@ def test_a_run_another_runner_took_meanwhile_is_skipped_not_executed_again(data,
     lock = run_lock(tmp_path, name_of(TINY))  # another runner holds it, as after this one's triage
     lock.acquire()
     try:
-        args = R.parse_args(["--data-dir", "x"])
-        assert R.run_sequential(args, [job], study, []) == 0
+        args, done = R.parse_args(["--data-dir", "x"]), []
+        R.run_sequential(args, [job], study, [], done)
+        assert done == []
     finally:
         lock.release()
     assert executed == [] and not (tmp_path / "timing.csv").exists()
