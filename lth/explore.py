@@ -141,7 +141,7 @@ def view_init_magnitudes(records: list[dict], results_dir: Path | str, choice: d
         final = masks[max(masks)]
         for k, m in final.items():
             w = theta0[k].abs() / theta0[k].abs().max()
-            rows += [{"arm": arm, "kept": kept, "|θ0|": float(v)} for kept, vals in (("kept", w[m]), ("pruned", w[~m]))
+            rows += [{"arm": ARMS[arm].label, "kept": kept, "|θ0|": float(v)} for kept, vals in (("kept", w[m]), ("pruned", w[~m]))
                      for v in vals[torch.randperm(len(vals), generator=torch.Generator().manual_seed(0))[:2000]]]
     if rows:
         df = pd.DataFrame(rows)
@@ -159,8 +159,8 @@ def view_overlap(records: list[dict], results_dir: Path | str, choice: dict):
     runs = runs_with_masks(records, results_dir, choice)
     rows = []
     if "lottery" in runs and "random" in runs:
-        rows.append(("lottery vs random, same sparsity", overlap(*(runs[a][1][max(runs[a][1])] for a in ("lottery",
-                                                                                                       "random")))))
+        rows.append((f"{ARMS['lottery'].label} vs {ARMS['random'].label}, same sparsity",
+                     overlap(*(runs[a][1][max(runs[a][1])] for a in ("lottery", "random")))))
     for arm, (r, masks) in runs.items():
         final = masks[max(masks)]
         # Masks nest (a round prunes only survivors), so a ticket against its own earlier masks says nothing; what
@@ -170,7 +170,7 @@ def view_overlap(records: list[dict], results_dir: Path | str, choice: dict):
                 state = store.load_phase0(results_dir, r)["state"]
             except UNREADABLE:
                 continue
-            rows.append((f"{arm} vs one-shot at round 1", overlap(final, one_shot_masks(
+            rows.append((f"{ARMS[arm].label} vs one-shot at round 1", overlap(final, one_shot_masks(
                 {k: state[k] for k in final}, r["params"]["sparsity"]))))
     for arm in runs:  # the same arm's ticket across seeds, where several seeds saved masks
         others = [r for r in chosen(records, {**choice, "arms": [arm]}) if r["params"]["seed"] != choice["seed"]
@@ -180,7 +180,7 @@ def view_overlap(records: list[dict], results_dir: Path | str, choice: dict):
                 m = store.load_masks(results_dir, o)
             except UNREADABLE:
                 continue
-            rows.append((f"{arm}: seed {choice['seed']} vs seed {o['params']['seed']}",
+            rows.append((f"{ARMS[arm].label}: seed {choice['seed']} vs seed {o['params']['seed']}",
                          overlap(runs[arm][1][max(runs[arm][1])], m[max(m)])))
     fig, ax = _figure("Mask overlap: shared survivors, against chance",
                       None if rows else "no saved masks for this choice (runs from before masks were kept)")

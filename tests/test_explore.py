@@ -9,6 +9,7 @@ from nbclient import NotebookClient
 
 import helpers as H
 from lth.explore import VIEWS, default_choice, view_overlap
+from lth.identity import setup_label
 from lth.masks import mask_findings
 from lth.store import load_records
 
@@ -65,3 +66,23 @@ def test_every_executed_notebook_is_valid_and_renders_on_github(folder):
         nbformat.validate(nb)
         widgets = nb.metadata.get("widgets")
         assert widgets is None or all("state" in v for v in widgets.values()), path
+
+
+def test_the_views_name_each_arm_by_its_label_never_its_key(data, tmp_path):
+    """The paper's control is 'ticket mask, fresh init' wherever a reader sees it, never `fixed_mask`."""
+    from conftest import FAST
+    from lth.runs import run_experiment
+    from lth.spec import ARMS, RunSpec
+    for arm in ("lottery", "random", "fixed_mask", "reinit"):
+        spec = RunSpec.of(arm, sparsity=0.5, rounds=2, epochs=1, model="tiny", seed=0)
+        run_experiment(spec, data, "cpu", tmp_path, FAST, progress=False)
+    records = load_records(tmp_path)
+    choice = {**default_choice(records), "arms": ["lottery", "random", "fixed_mask", "reinit"], "sparsity": 0.5,
+              "model": setup_label(records[0]), "seed": 0}
+    for name, view in VIEWS.items():
+        fig = view(records, tmp_path, choice)
+        text = " ".join(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+        assert not any(key in text for key in ("fixed_mask", "reinit", "late_rewind")), (name, text)
+        assert name in ("accuracy curves", "final accuracy", "layer sparsity") or "ticket mask, fresh init" in text \
+            or "lottery ticket" in text, name
+    assert ARMS["fixed_mask"].label == "ticket mask, fresh init"
