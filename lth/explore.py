@@ -50,6 +50,33 @@ def default_choice(records: list[dict], results_dir: Path | str | None = None) -
     return choice
 
 
+def options(records: list[dict], folder: Path | str) -> dict[str, tuple[list, object]]:
+    """Every choice the explorer offers for the runs of one folder, with the value it opens on: rebuilt whenever the
+    folder shown changes, so no option of another folder's runs lingers."""
+    pruned = [r for r in records if r["params"]["rounds"]]
+    first = default_choice(records, folder)
+    return {"sparsity": ([("all", "all")] + [(f"{p:.3g}", p) for p in sorted({r["params"]["sparsity"]
+                                                                             for r in pruned})], first["sparsity"]),
+            "model": (sorted({setup_label(r) for r in records} | {first["model"]}), first["model"]),
+            "seed": (sorted({r["params"]["seed"] for r in pruned}) or [0], first["seed"]),
+            "arms": ([(ARMS[a].label, a) for a in pruned_arms()], tuple(first["arms"]))}
+
+
+def opening_folder(results: Path, records: list[dict], quick: bool) -> tuple[Path, list[dict], str]:
+    """The folder the explorer opens on, its runs, and what to say: the asked one, or, while it holds no runs, the
+    committed study as a reference (labelled with its data), with how to fill the asked one."""
+    if records or store.is_published(results):
+        return results, records, f"{len(records)} runs in {store.folder_note(results, quick)}"
+    published = store.load_records(store.PUBLISHED_RESULTS)
+    if not published:
+        return results, records, f"No runs in {store.folder_note(results, quick)} yet, and no committed study here."
+    from lth.data import describe_data
+    return store.PUBLISHED_RESULTS, published, (
+        f"No runs in {store.folder_note(results, quick)} yet: fill it with `python run_all.py{' --quick' * quick} "
+        f"--data-dir <your CIFAR-10>` (or the notebooks 01-05, 08, 09). Until then the views show the committed "
+        f"study, as a reference: {len(published)} runs on {describe_data(published[0]['data'])}.")
+
+
 def _figure(title: str, message: str | None = None):
     """A figure outside pyplot: the inline backend never shows it by itself (from a widget's callback it would go
     to JupyterLab's log console); the notebook displays it, or an image widget shows its PNG."""
@@ -141,7 +168,8 @@ def view_init_magnitudes(records: list[dict], results_dir: Path | str, choice: d
         final = masks[max(masks)]
         for k, m in final.items():
             w = theta0[k].abs() / theta0[k].abs().max()
-            rows += [{"arm": ARMS[arm].label, "kept": kept, "|θ0|": float(v)} for kept, vals in (("kept", w[m]), ("pruned", w[~m]))
+            rows += [{"arm": ARMS[arm].label, "kept": kept, "|θ0|": float(v)}
+                     for kept, vals in (("kept", w[m]), ("pruned", w[~m]))
                      for v in vals[torch.randperm(len(vals), generator=torch.Generator().manual_seed(0))[:2000]]]
     if rows:
         df = pd.DataFrame(rows)

@@ -86,3 +86,29 @@ def test_the_views_name_each_arm_by_its_label_never_its_key(data, tmp_path):
         assert name in ("accuracy curves", "final accuracy", "layer sparsity") or "ticket mask, fresh init" in text \
             or "lottery ticket" in text, name
     assert ARMS["fixed_mask"].label == "ticket mask, fresh init"
+
+
+@pytest.mark.slow
+def test_on_data_of_its_own_with_no_runs_the_explorer_opens_on_the_study_and_rebuilds_every_choice(fake_npz, tmp_path):
+    """A user's own CIFAR-10, nothing run yet: 07 opens on the committed study (labelled as the reference), saves no
+    blank figure, and switching to the user's folder and back rebuilds every choice from that folder's runs."""
+    mine = tmp_path / "mine"
+    nb = nbformat.read(H.ROOT / "notebooks" / "07_explore.ipynb", as_version=4)
+    params = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells[params].source = f"results_dir = {str(mine)!r}\nquick = False\ndata_dir = {str(fake_npz)!r}"
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import json\n"
+        "seen = {'opened': str(controls['folder'].value), 'sparsities': len(controls['sparsity'].options)}\n"
+        "controls['folder'].value = results\n"
+        "seen |= {'mine': len(controls['sparsity'].options), 'seeds': list(controls['seed'].options)}\n"
+        "controls['folder'].value = store.PUBLISHED_RESULTS\n"
+        "seen['back'] = len(controls['sparsity'].options)\n"
+        "print(json.dumps(seen))"))
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(H.ROOT)}}).execute()
+    said = "".join(o.get("text", "") for o in nb.cells[3].outputs)
+    assert "No runs in" in said and "the views show the committed study, as a reference" in said
+    seen = json.loads("".join(o.get("text", "") for o in nb.cells[-1].outputs))
+    assert seen["opened"] == str(H.ROOT / "results") and seen["sparsities"] > 5  # every sparsity of the study
+    assert seen["mine"] == 1 and seen["seeds"] == [0]  # "all" alone: no run there
+    assert seen["back"] == seen["sparsities"]
+    assert not (mine / "figures").exists()  # no blank showcase
