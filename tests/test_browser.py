@@ -3,6 +3,7 @@ Playwright's Python package), the notebook run from the menu, widgets changed an
 Needs `pip install playwright jupyterlab` and a system Chromium; skipped without them unless LTH_BROWSER=required."""
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -70,12 +71,12 @@ def start_lab(root: Path, env: dict) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("JupyterLab did not answer within 60 s")
 
 
-def explorer_copy(folder: Path, results: Path, data: Path) -> Path:
+def explorer_copy(folder: Path, results: Path, data: Path, quick: bool = True) -> Path:
     """07_explore as a user would open it, pointed at `results` and `data`, in a folder of its own: the page's
     autosave never touches the tracked notebook."""
     nb = nbformat.read(H.ROOT / "notebooks" / "07_explore.ipynb", as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    params.source = f"results_dir = {str(results)!r}\nquick = True\ndata_dir = {str(data)!r}"
+    params.source = f"results_dir = {str(results)!r}\nquick = {quick}\ndata_dir = {str(data)!r}"
     folder.mkdir()
     nbformat.write(nb, folder / "07_explore.ipynb")
     return folder
@@ -174,3 +175,39 @@ def test_the_explorer_redraws_whole_in_a_real_browser_after_a_view_change_and_a_
     assert [e for e in after_train if e["mime"].startswith("image/")] == [], after_train
     assert [e for e in after_train if e["level"] in ("warning", "error", "critical") or "stderr" in e["mime"]
             or e["mime"] == "application/vnd.jupyter.error"] == [], json.dumps(after_train)[:2000]
+
+
+def test_on_data_of_its_own_the_explorer_opens_on_the_study_and_each_folder_brings_its_own_choices(fake_npz,
+                                                                                                   tmp_path):
+    """A user with CIFAR-10 of their own and nothing run yet: the page opens on the committed study (its figure, its
+    sparsities), the user's folder offers only what it holds, and going back brings the study's choices back; no
+    blank figure is written into the user's folder."""
+    needs_browser()
+    from playwright.sync_api import sync_playwright
+    mine = tmp_path / "mine"
+    root = explorer_copy(tmp_path / "lab", mine, fake_npz, quick=False)
+    lab, url = start_lab(root, {**os.environ, "LTH_ROOT": str(H.ROOT), "OMP_NUM_THREADS": "2"})
+    sparsities = lambda page: page.locator(".widget-dropdown").filter(
+        has=page.locator("label", has_text=re.compile("^sparsity$"))).locator("option").count()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            first = run_all_cells(page, url, 240_000)
+            said = page.locator(".jp-OutputArea-output", has_text="No runs in").first.text_content()
+            study = sparsities(page)
+            folder = page.locator(".widget-dropdown", has_text="folder").locator("select").first
+            folder.select_option(index=0)  # the user's own folder: empty
+            empty = changed(page, first, 60)
+            theirs = sparsities(page)
+            folder.select_option(index=1)  # back to the committed study
+            changed(page, empty, 60)
+            back = sparsities(page)
+            browser.close()
+    finally:
+        lab.terminate()
+        lab.wait(timeout=30)
+    assert "the views show the committed study, as a reference" in said
+    assert first["height"] > 300 and study > 5  # the study's figure and its sparsities, not a blank page
+    assert theirs == 1 and back == study  # "all" alone in the empty folder; every choice rebuilt on the way back
+    assert not (mine / "figures").exists()
