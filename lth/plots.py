@@ -194,9 +194,17 @@ def plot_classic(curve, ax=None):
               for a in pruned.arm.unique()}
     sns.lineplot(data=pruned, x="remaining (%)", y="val_acc", hue="arm", style="arm", dashes=dashes, marker="o",
                  errorbar=seed_range, ax=ax)
-    from lth.classic import shared_phase0
-    dense = shared_phase0(curve).mean()
+    from lth.classic import phase0_by_seed, shared_phase0
+    shared = shared_phase0(curve)
+    dense = shared.mean()
     ax.axhline(dense, color="black", ls=":", lw=1.2, label=f"dense phase 0 ({dense:.2%})")
+    for name in dict.fromkeys(curve.experiment):  # an arm whose seeds trained a phase 0 of their own says so
+        own = phase0_by_seed(curve, name)
+        apart = [int(s) for s in own.index if s in shared.index and own[s] != shared[s]]
+        if apart:
+            ax.axhline(own.mean(), color="grey", ls=":", lw=1,
+                       label=f"{ARMS[name].label}'s own phase 0 (seed{'s' * (len(apart) > 1)} "
+                             f"{', '.join(map(str, apart))} apart; mean of its seeds {own.mean():.2%})")
     ax.set_xscale("log")
     ax.set_xlim(100, 5)
     ax.set_xticks([100, 50, 20, 10, 5], labels=["100", "50", "20", "10", "5"])

@@ -33,7 +33,7 @@ def results_markdown(records: list[dict], partners: list[dict] = (), **model) ->
         rng = f" ({min(accs):.2%}-{max(accs):.2%})" if len(rs) > 1 else ""
         p0 = "-" if not rs[0]["params"]["rounds"] else f"{np.mean([phase0_acc(r) for r in rs]):.2%}"
         lines.append(f"| {label} | {np.mean(accs):.2%}{rng} | {len(rs)} | {p0} | {rs[0]['final_sparsity']:.4f} |")
-    compute = compute_line(records)
+    compute = compute_line([*records, *partners])
     said = findings(records, partners=partners, **model)
     return "\n".join(lines + ["", *[f"- {line}" for line in said], "", compute])
 
