@@ -1,5 +1,5 @@
-"""The README's results section: one row per run (seeds pooled), the findings, the compute; written between its
-markers from the published study only."""
+"""The study's results as text: the full statement the summary shows (one row per run, seeds pooled; the findings;
+the compute), and the README's digest of it, written between its markers from the published study only."""
 from __future__ import annotations
 
 from collections import Counter
@@ -9,10 +9,11 @@ import numpy as np
 
 import helpers as H
 from lth import store
+from lth.classic import classic_curve, drop_text, phase0_by_seed
 from lth.data import data_identity
-from lth.report import findings, phase0_acc
-from lth.spec import RunSpec, arm_label, exact, is_classic, model_label
-from lth.verdicts import phase0_key
+from lth.report import Findings, findings, phase0_acc
+from lth.spec import ARMS, RunSpec, arm_label, exact, is_classic, model_label, plural
+from lth.verdicts import against_threshold, phase0_key, points
 
 
 def results_markdown(records: list[dict], partners: list[dict] = (), **model) -> str:
@@ -36,6 +37,49 @@ def results_markdown(records: list[dict], partners: list[dict] = (), **model) ->
     compute = compute_line([*records, *partners])
     said = findings(records, partners=partners, **model)
     return "\n".join(lines + ["", *[f"- {line}" for line in said], "", compute])
+
+
+def digest(records: list[dict], partners: list[dict] = (), batchnorm: bool = True, dropout: float = 0.0,
+           rounds: int = 5, epochs: int = 5) -> str:
+    """The README's few lines: each headline comparison, paired by seed, computed from `records` like the full
+    findings the summary states."""
+    ask = Findings(records, dict(batchnorm=batchnorm, dropout=dropout), rounds, epochs, partners)
+    lines = []
+    sweep = [(p, ask.pair(ask.runs("lottery", **ask.schedule(p)), ask.runs("random", **ask.schedule(p))))
+             for p in ask.sparsities("lottery", "random") if ask.runs("lottery", **ask.schedule(p))
+             and ask.runs("random", **ask.schedule(p))]
+    if sweep:
+        seeds, diffs = len(ask.runs("lottery", **ask.schedule(sweep[-1][0]))), [c.diff for _, c in sweep]
+        lines.append(f"**Lottery tickets against random pruning** ({rounds} rounds × {epochs} epochs, "
+                     f"{sweep[0][0]:.0%} to {sweep[-1][0]:.0%} sparsity): the ticket leads by {points(min(diffs))} "
+                     f"to {points(max(diffs))}, clear (paired over {plural(seeds, 'seed')}, the "
+                     f"95% interval excludes zero) at {sum(bool(c.clear) for _, c in sweep)} of {len(sweep)} "
+                     "sparsities.")
+        p, ticket = sweep[-1][0], ask.runs("lottery", **ask.schedule(sweep[-1][0]))
+        converged = ask.accs("baseline")
+        lines.append(f"At {p:.0%}, the ticket reaches {np.mean([r['final_val_acc'] for r in ticket]):.2%}, "
+                     f"{ask.gain('lottery', **ask.schedule(p))} over the dense network trained as long as each "
+                     f"phase ({epochs} epochs, {np.mean([phase0_acc(r) for r in ticket]):.2%}); random pruning "
+                     f"{ask.gain('random', **ask.schedule(p))}" + (f". Trained to convergence (25 epochs), the dense "
+                                                                     f"network reaches {np.mean(converged):.2%}."
+                                                                     if converged else "."))
+    curve = classic_curve(records, dict(batchnorm=batchnorm, dropout=dropout))
+    if not curve.empty:
+        said = [f"{ARMS[a].label} {drop_text((first_drop_of_mean(curve, a), None))}"
+                for a in ARMS if a in set(curve.experiment)]
+        lines.append(f"**The classic curve** (20% a round, to {curve['remaining (%)'].min():.1f}% of the weights): "
+                     f"first more than 2 points below its dense phase 0 (mean of seeds): {'; '.join(said)}.")
+    lines += [line.split(". First more")[0] + "." for line in ask.levels("late_rewind")]
+    return "\n".join(f"- {line}" for line in lines) + f"\n\n{compute_line([*records, *partners])}"
+
+
+def first_drop_of_mean(curve, experiment: str) -> float:
+    """% of the weights left where an arm's mean over seeds first falls more than 2 points below its phase 0."""
+    rows = curve[(curve.experiment == experiment) & (curve["round"] > 0)]
+    dense = phase0_by_seed(curve, experiment)[sorted(rows.seed.unique())].mean()
+    mean = rows.groupby("round").agg(val_acc=("val_acc", "mean"), left=("remaining (%)", "mean"))
+    below = mean[[against_threshold(acc, dense) == "below" for acc in mean.val_acc]]
+    return float(below.left.iloc[0]) if len(below) else 0.0
 
 
 def compute_line(records: list[dict]) -> str:

@@ -156,8 +156,9 @@ def test_a_late_rewinding_run_with_a_phase0_of_its_own_is_judged_against_it():
     text = "\n".join(findings(records))
     assert "dense phase 0 75.00% (range 75.00%-75.00%, 2 seeds)" in text
     assert "Late rewinding (mean of seeds 0, 1; their phase 0 72.50%)" in text
-    line = plots.plot_classic(curve).get_lines()[-1]
-    assert line.get_ydata()[0] == pytest.approx(0.75)
+    lines = {line.get_label(): line.get_ydata()[0] for line in plots.plot_classic(curve).get_lines()}
+    assert lines["dense phase 0 (75.00%)"] == pytest.approx(0.75)  # the shared one, and the arm's own beside it
+    assert lines["late rewinding's own phase 0 (seed 1 apart; mean of its seeds 72.50%)"] == pytest.approx(0.725)
 
 
 def test_runs_of_other_settings_are_stated_apart_never_pooled():
@@ -182,3 +183,14 @@ def test_the_mask_findings_name_a_seed_whose_lottery_run_has_no_saved_masks(tmp_
     assert mask_findings(records, tmp_path) == [
         "Seed 0, 50%: its lottery run was made before masks were saved, so it has none to compare (magnitude masks "
         "cannot be rebuilt without retraining)."]
+
+
+def test_the_readme_digest_states_each_headline_from_the_records():
+    from lth.readme import digest
+    records = [fake_record(arm, acc + 0.01 * s, sparsity=p, seed=s) for s in range(3) for p in (0.1, 0.5)
+               for arm, acc in (("lottery", 0.80), ("random", 0.74))]
+    text = digest(records)
+    assert ("the ticket leads by +6.00 points to +6.00 points, clear (paired over 3 seeds, the 95% interval excludes "
+            "zero) at 2 of 2 sparsities.") in text
+    assert "At 50%, the ticket reaches 81.00%, +6.00 points over the dense network trained as long" in text
+    assert text.splitlines()[-1].startswith("Compute: ")
