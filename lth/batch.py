@@ -3,6 +3,7 @@ folder, and one execution by papermill, written into place only when it finished
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import sys
@@ -27,11 +28,12 @@ from lth.spec import ARMS, RunSpec, as_bool
 
 NOTEBOOKS = H.ROOT / "notebooks"
 def plan() -> dict[str, tuple[str | None, tuple[dict, ...]]]:
-    """Notebook -> (the arm it runs, its parameter sets), in notebook order, from `ARMS`; the summary and the
+    """Notebook -> (the arm it runs, its parameter sets), in notebook order, from `ARMS`; then 10 (a model of your own,
+    whose runs the summary states apart), the summary and the
     explorer last."""
     arms = sorted(ARMS.items(), key=lambda item: item[1].notebook)
-    return {**{arm.notebook: (name, arm.plan) for name, arm in arms}, "06_summary": (None, (dict(),)),
-            "07_explore": (None, (dict(),))}
+    return {**{arm.notebook: (name, arm.plan) for name, arm in arms}, "10_your_model": (None, (dict(),)),
+            "06_summary": (None, (dict(),)), "07_explore": (None, (dict(),))}
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,18 @@ def problem(study: Study, spec: RunSpec, state: str) -> str:
 def parameters(study: Study, job: Job, device: str, force: bool) -> dict:
     """The notebook's parameters, writing into the study's results folder as the repository sees it."""
     where = relative(study.results)
-    if job.spec is None:
-        return {"results_dir": where, "quick": job.quick}
-    return {"device": str(device), "precision": study.hp.precision, "quick": job.quick, "results_dir": where,
-            "progress": False, "force": force, **job.params}
+    every = {"device": str(device), "precision": study.hp.precision, "quick": job.quick, "results_dir": where,
+             "progress": False, "force": force}
+    if job.spec is None:  # the summary, the explorer, your model's notebook: what each declares
+        return {k: v for k, v in every.items() if k in declared_parameters(job.notebook)}
+    return {**every, **job.params}
+
+
+@functools.cache
+def declared_parameters(notebook: str) -> frozenset[str]:
+    """The names a notebook's `parameters` cell assigns."""
+    import ast
+    import json
+    cells = json.loads((NOTEBOOKS / f"{notebook}.ipynb").read_text())["cells"]
+    cell = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
+    return frozenset(t.id for node in ast.parse("".join(cell["source"])).body for t in node.targets)
