@@ -25,7 +25,7 @@ CORE = {
                 "annotate", "lottery_ticket"],
     "lth.identity": ["non_default", "run_identity", "saved_identity", "record_identity", "phase0_identity",
                      "identity_hash", "check_identity", "differences", "checkpoint_identity", "phase0_file_identity"],
-    "lth.report": ["verdict", "xǁFindingsǁverdict"],
+    "lth.verdicts": ["range_verdict", "interval", "paired", "compare_seeds", "against_threshold"],
 }
 TOPK_ORDER = "topk's `sorted` orders the indices it returns; the mask they set is the same set either way"
 BROADCAST = "a (3, 1, 1) view broadcasts over an NCHW batch exactly as (1, 3, 1, 1) does"
