@@ -11,7 +11,7 @@ import torch
 from lth import store
 from lth.identity import setup_label
 from lth.masks import chosen, one_shot_masks, overlap, runs_with_masks
-from lth.plots import caveat, level, outside_legend, seed_range, words
+from lth.plots import caveat, level, outside_legend, percent, seed_range, words
 from lth.report import UNREADABLE, history_table, labels
 from lth.spec import ARMS, RunSpec, is_classic, model_label, pruned_arms
 
@@ -96,15 +96,31 @@ def _spread(choice: dict) -> dict:
 
 
 def view_curves(records: list[dict], results_dir: Path | str, choice: dict):
+    """One panel per sparsity (small multiples where the choice is "all"), a line per arm and schedule in each."""
     import seaborn as sns
+    from matplotlib.figure import Figure
     runs = chosen(records, choice)
-    fig, ax = _figure("Validation accuracy against cumulative epoch", None if runs else "no runs for this choice")
-    if runs:
-        h = history_table(runs).assign(sparsity=lambda t: t.sparsity.map(level))
-        sns.lineplot(data=h, x="cum_epoch", y="val_acc", hue="series", style="sparsity", ax=ax, **_spread(choice))
-        ax.set(xlabel=words("cum_epoch"), ylabel=words("val_acc"))
-        outside_legend(ax)
-        caveat(ax, h)
+    if not runs:
+        return _figure("Validation accuracy against cumulative epoch", "no runs for this choice")[0]
+    h = history_table(runs).assign(sparsity=lambda t: t.sparsity.map(level))
+    levels = sorted(h.sparsity.unique(), key=float)
+    series = list(dict.fromkeys(h.series))
+    palette = dict(zip(series, sns.color_palette("deep", len(series))))  # one colour per series in every panel
+    cols, rows = min(3, len(levels)), -(-len(levels) // 3)
+    fig = Figure(figsize=(10, 4.8) if cols == 1 else (4.2 * cols, 3.2 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True).ravel()
+    for ax, p in zip(axes, levels):
+        sns.lineplot(data=h[h.sparsity == p], x="cum_epoch", y="val_acc", hue="series", hue_order=series,
+                     palette=palette, ax=ax, legend=False, **_spread(choice))
+        ax.set(xlabel=words("cum_epoch"), ylabel=words("val_acc"), title=f"sparsity {p}")
+        percent(ax)
+    for ax in axes[len(levels):]:
+        ax.set_axis_off()
+    from matplotlib.lines import Line2D
+    fig.legend([Line2D([], [], color=palette[s]) for s in series], series, loc="outside lower center",
+               ncol=min(3, len(series)), fontsize=9)
+    fig.suptitle("Validation accuracy against cumulative epoch" + (", a panel per sparsity" if cols > 1 else ""))
+    caveat(axes[0], h)
     return fig
 
 
@@ -118,9 +134,10 @@ def view_final(records: list[dict], results_dir: Path | str, choice: dict):
                       None if runs else "no runs for this choice")
     if runs:
         points = final_points(runs)
-        sns.lineplot(data=points, x="sparsity", y="val_acc", hue="arm", style="schedule", marker="o", ax=ax,
-                     err_style="bars", **_spread(choice))
-        ax.set(xlabel="sparsity (fraction of the weights pruned)", ylabel=words("val_acc"))
+        sns.lineplot(data=points.assign(sparsity=100 * points.sparsity), x="sparsity", y="val_acc", hue="arm",
+                     style="schedule", marker="o", ax=ax, err_style="bars", **_spread(choice))
+        ax.set(xlabel="sparsity (% of the weights pruned)", ylabel=words("val_acc"))
+        percent(ax)
         outside_legend(ax)
         caveat(ax, points)
     return fig
@@ -157,7 +174,11 @@ def view_init_magnitudes(records: list[dict], results_dir: Path | str, choice: d
     import pandas as pd
     import seaborn as sns
     runs = runs_with_masks(records, results_dir, choice)
-    fig, ax = _figure("|θ0| of the weights each mask kept and pruned (relative to the layer's largest)",
+    if "lottery" in runs:  # the ticket-mask arm trains the ticket's own masks: its curves would hide the ticket's
+        runs.pop("fixed_mask", None)
+    fig, ax = _figure("|θ0| of the weights each mask kept and pruned (relative to the layer's largest)"
+                      + ("\nticket mask, fresh init: the ticket's own masks, drawn once as the ticket's"
+                         if "fixed_mask" in choice["arms"] and "lottery" in runs else ""),
                       None if runs else "no saved masks for this choice (runs from before masks were kept)")
     rows = []
     for arm, (r, masks) in runs.items():
@@ -181,9 +202,12 @@ def view_init_magnitudes(records: list[dict], results_dir: Path | str, choice: d
 
 
 def view_overlap(records: list[dict], results_dir: Path | str, choice: dict):
-    """Mask overlap (fraction of the first mask's survivors the second keeps), each beside its chance value."""
+    """Mask overlap (fraction of the first mask's survivors the second keeps), each beside its chance value; masks
+    compare at one sparsity."""
     import pandas as pd
     import seaborn as sns
+    if choice["sparsity"] == "all":
+        return _figure("Mask overlap: shared survivors, against chance", "choose one sparsity: masks compare at one")[0]
     runs = runs_with_masks(records, results_dir, choice)
     rows = []
     if "lottery" in runs and "random" in runs:

@@ -50,12 +50,18 @@ def level(value) -> str:
 
 def seeds_note(table, by: list[str], bars: str = "band") -> str:
     """How many seeds each point (a group of `by`) averages: points of one figure may have different counts."""
-    counts = table.groupby(by)["seed"].nunique()
+    counts = table.groupby(by)["seed"].nunique() if by else table[["seed"]].nunique()
     lo, hi = counts.min(), counts.max()
     if hi == 1:
         return "1 seed"
     counted = f"mean of {lo}-{hi} seeds a point" if lo < hi else f"mean of {hi} seeds"
     return f"{counted}; {bars}: min-max over the seeds"
+
+
+def percent(ax) -> None:
+    """Accuracy on the y axis in percent, as every label and finding states it."""
+    from matplotlib.ticker import PercentFormatter
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
 
 
 def outside_legend(ax, title: str | None = None) -> None:
@@ -73,46 +79,87 @@ def caveat(ax, table) -> None:
         ax.set_ylim(0, 1)
 
 
-def plot_curves(history, hue: str, title: str, ax=None, baseline=None, palette: str = "viridis",
+def plot_curves(history, hue: str | None, title: str, ax=None, baseline=None, palette: str = "viridis",
                 style: str | None = None):
     """Validation accuracy against cumulative epoch, one line per `hue` (and `style`) value, mean and range over
-    seeds; dotted verticals mark where a round pruned and reset the survivors; `baseline`, a dense run, is dashed."""
+    seeds; dotted verticals mark where a round pruned and reset the survivors; `baseline`, dense runs on a schedule
+    of their own, is the level they ended at (dashed)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
     if ax is None:
         _, ax = plt.subplots(figsize=(11, 5.5))
-    order = [level(v) for v in sorted(history[hue].unique())]
-    history = history.assign(**{hue: history[hue].map(level)})
+    order = [level(v) for v in sorted(history[hue].unique())] if hue else None
+    history = history.assign(**{hue: history[hue].map(level)}) if hue else history
     # solid against dotted: two arms told apart at a glance, and neither like the baseline's long dashes
     dashes = dict(zip(sorted(history[style].unique()), ("", (1.5, 1.5), (4, 1.5, 1, 1.5)))) if style else True
     sns.lineplot(data=history, x="cum_epoch", y="val_acc", hue=hue, hue_order=order, style=style, dashes=dashes,
-                 palette=palette, marker=None if style else "o", markersize=3, errorbar=seed_range, ax=ax)
-    for edge in history.loc[history["round"] > 0].groupby(["name", "round"])["cum_epoch"].min().unique() - 0.5:
-        ax.axvline(edge, color="grey", lw=0.6, ls=":")
-    if baseline is not None and len(baseline):
-        sns.lineplot(data=baseline, x="cum_epoch", y="val_acc", color="black", dashes=(6, 3), lw=1.2,
-                     errorbar=seed_range, label="dense baseline", ax=ax)
+                 palette=palette if hue else None, marker=None if style else "o", markersize=3, errorbar=seed_range,
+                 ax=ax)
+    round_edges(ax, history)
+    reference(ax, baseline)
     note = seeds_note(history, [c for c in (hue, style) if c])
     ax.set(xlabel=words("cum_epoch"), ylabel=words("val_acc"), title=f"{title}\n{note}")
+    percent(ax)
     outside_legend(ax)
     caveat(ax, history)
     return ax
 
 
+def round_edges(ax, history) -> None:
+    """Dotted verticals where a round pruned and reset the survivors."""
+    for edge in history.loc[history["round"] > 0].groupby(["name", "round"])["cum_epoch"].min().unique() - 0.5:
+        ax.axvline(edge, color="grey", lw=0.6, ls=":")
+
+
+def reference(ax, baseline) -> None:
+    """The dense baseline as the level its runs ended at: it trains on a schedule of its own (25 epochs, one
+    learning-rate decay), so its curve would not meet a pruned run's phases."""
+    if baseline is not None and len(baseline):
+        final, epochs = baseline.groupby("name").val_acc.last().mean(), int(baseline.cum_epoch.max())
+        ax.axhline(final, color="black", ls="--", lw=1.2,
+                   label=f"dense baseline after {epochs} epochs, its own schedule ({final:.1%})")
+
+
+def plot_panels(history, col: str, title: str, baseline=None, style: str | None = None):
+    """Small multiples: one panel per `col` value (a sparsity, a schedule), the arms in each told apart by `style`,
+    rounds dotted, the dense baseline a dashed level; one scale (percent) for all. Returns the figure."""
+    import seaborn as sns
+    values = sorted(history[col].unique())
+    history = history.assign(**{col: history[col].map(level)})
+    grid = sns.relplot(data=history, x="cum_epoch", y="val_acc", col=col, col_order=[level(v) for v in values],
+                       hue=style, style=style, kind="line", errorbar=seed_range, col_wrap=min(3, len(values)),
+                       height=3.3, aspect=1.25, facet_kws={"sharex": False})
+    for value, ax in grid.axes_dict.items():
+        round_edges(ax, history[history[col] == value])
+        reference(ax, baseline)
+        percent(ax)
+    grid.set_axis_labels(words("cum_epoch"), words("val_acc"))
+    grid.set_titles(f"{words(col)} {{col_name}}")
+    level_note = "; dashed: the dense baseline's final level" if baseline is not None and len(baseline) else ""
+    quick = " · quick run: not meaningful" if "quick" in history and history["quick"].any() else ""
+    grid.figure.suptitle(f"{title}{quick}\n{seeds_note(history, [col, style] if style else [col])}; dotted: a round "
+                         f"prunes and resets the survivors{level_note}", y=1.04)
+    return grid.figure
+
+
 def plot_final(table, x: str, hue: str, title: str, ax=None, references: dict[str, float] | None = None):
-    """Final validation accuracy against `x`, one line per `hue` (mean, with the range over seeds as bars); each of
-    `references` (label -> accuracy, e.g. the dense baseline) is a horizontal line."""
+    """Final validation accuracy against `x`, one line per `hue` (mean, with the range over seeds as bars), the arms
+    set side by side at each x so no mark hides another; each of `references` (label -> accuracy, e.g. the dense
+    baseline) is a horizontal line."""
     import matplotlib.pyplot as plt
     import seaborn as sns
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 5))
-    # the range as bars: a band has no width at a point measured at one x only (the re-init control)
-    sns.lineplot(data=table, x=x, y="final_val_acc", hue=hue, marker="o", errorbar=seed_range, err_style="bars",
-                 err_kws={"capsize": 4}, ax=ax)
+    arms = list(dict.fromkeys(table[hue]))
+    sns.pointplot(data=table, x=x, y="final_val_acc", hue=hue, hue_order=arms, dodge=0.35 if len(arms) > 1 else False,
+                  errorbar=seed_range,
+                  capsize=0.1, markers=["o", "s", "^", "D", "v"][:len(arms)], markersize=6, linewidth=1.5,
+                  err_kws={"linewidth": 1.2}, ax=ax)
     for (label, acc), ls in zip((references or {}).items(), ("--", ":", "-.")):
         ax.axhline(acc, color="black", ls=ls, lw=1.2, label=f"{label} ({acc:.2%})")
     note = seeds_note(table, [x, hue], "bars")
     ax.set(xlabel=words(x), ylabel=words("final_val_acc"), title=f"{title}\n{note}")
+    percent(ax)
     outside_legend(ax, words(hue))
     caveat(ax, table)
     return ax
@@ -208,6 +255,7 @@ def plot_classic(curve, ax=None):
     ax.set_xscale("log")
     ax.set_xlim(100, 5)
     ax.set_xticks([100, 50, 20, 10, 5], labels=["100", "50", "20", "10", "5"])
+    percent(ax)
     ax.set(xlabel="weights remaining (%, log scale)", ylabel="validation accuracy at the end of the round",
            title=f"Iterative pruning to {pruned['remaining (%)'].min():.1f}% of the weights\n"
                  "mean over each arm's seeds; band: min-max")
@@ -217,7 +265,8 @@ def plot_classic(curve, ax=None):
 
 def arm_curves(records: list[dict], name: str) -> list[tuple[str, object]]:
     """An arm's validation accuracy through training, one figure per parameter family (the classic curve apart),
-    each with the name `ARMS` declares for it; the lines are what varies within the family."""
+    each under the name `ARMS` declares for it: the lab's multi-line graph, a line per sparsity or schedule where the
+    family has several, one line where it has one."""
     from lth.report import history_table
     arm, out = ARMS[name], []
     for classic in (False, True):
@@ -225,9 +274,9 @@ def arm_curves(records: list[dict], name: str) -> list[tuple[str, object]]:
         if not family:
             continue
         history = history_table(family)
-        hue = next((k for k in ("sparsity", "schedule", "model") if history[k].nunique() > 1), "sparsity")
-        title = (f"{arm.label}{', classic curve (20% a round)' if classic else ''}: validation accuracy by "
-                 f"{words(hue)}")
-        out.append((f"{arm.figure}{'_classic' if classic else ''}",
-                    plot_curves(history, hue=hue, title=title, palette="deep" if hue != "sparsity" else "viridis")))
+        varies = next((k for k in ("sparsity", "schedule", "model") if history[k].nunique() > 1), None)
+        title = (f"{arm.label}{', classic curve (20% a round)' if classic else ''}: validation accuracy against "
+                 f"cumulative epoch{f', a line per {words(varies)}' if varies else ''}")
+        ax = plot_curves(history, hue=varies, title=title, palette="deep" if varies != "sparsity" else "viridis")
+        out.append((f"{arm.figure}{'_classic' if classic else ''}", ax.figure))
     return out

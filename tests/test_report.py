@@ -30,7 +30,8 @@ def test_no_line_of_the_final_accuracy_view_joins_two_protocols():
               "seeds": "mean", "seed": 0}
     ax = view_final(sweep + classic + rve, "unused", choice).axes[0]
     protocols = [{0.1, 0.3, 0.5}, set(np.round(H.round_sparsities(CLASSIC["sparsity"], CLASSIC["rounds"]), 6))]
-    drawn = [set(np.round(np.asarray(line.get_xdata(), float), 6)) for line in ax.lines if len(line.get_xdata()) > 1]
+    drawn = [set(np.round(np.asarray(line.get_xdata(), float) / 100, 6))  # the axis in percent
+              for line in ax.lines if len(line.get_xdata()) > 1]
     assert drawn, "the view drew no lines"
     assert all(any(xs <= p for p in protocols) for xs in drawn), drawn  # every line within one protocol
     assert any(len(xs) == CLASSIC["rounds"] for xs in drawn)  # the classic curve, round by round
