@@ -1,5 +1,6 @@
-"""The report: tables of runs, the findings as sentences with a verdict against the range over seeds, the README's
-results section and each run's reading; every number is computed from the records when a notebook runs."""
+"""The report: tables of runs, the findings as sentences, each comparison with its verdict (paired by seed where the
+runs share phase 0: lth.verdicts), and each run's reading; every number is computed from the records when a notebook
+runs."""
 from __future__ import annotations
 
 from pathlib import Path
