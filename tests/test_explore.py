@@ -28,7 +28,8 @@ def test_every_view_returns_a_figure_from_saved_runs(quick_study):
             assert not any(t.get_text().startswith("no ") for t in fig.axes[0].texts), name  # it drew the runs
     overlap = view_overlap(records, results, choice).axes[0]
     labels = [t.get_text() for t in overlap.get_yticklabels()]
-    assert "lottery vs random, same sparsity" in labels and "lottery vs one-shot at round 1" in labels
+    assert "lottery ticket vs random pruning, same sparsity" in labels
+    assert "lottery ticket vs one-shot at round 1" in labels
     assert any("no saved masks" in t.get_text() for t in view_overlap([], results, choice).axes[0].texts)
 
 
