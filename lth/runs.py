@@ -38,7 +38,7 @@ def saved_precisions(results_dir: Path | str) -> set[str]:
     """The precisions of what a results folder holds: its records, and the checkpoints of its unfinished runs."""
     used = {H.HParams(**r["hparams"]).precision for r in store.load_records(results_dir)}
     for path in [*Path(results_dir).glob("checkpoints/*.pt"), *Path(results_dir).glob("checkpoints/phase0/*.pt")]:
-        try:  # mmap: only the small identity is read, not the weights
+        try:  # its identity is what counts; loading checks the file's checksum too
             saved = store.load_pt(path, mmap=True)
             used.add(H.HParams(**saved["identity"]["hparams"]).precision)
         except Exception:
@@ -128,7 +128,7 @@ def own_phase0(results_dir: Path | str, spec: RunSpec, hp: H.HParams, source: di
     late = spec.late_rewind_source
     point = store.rewind_point_path(results_dir, late, hp, source)
     if point.exists():
-        try:  # mmap: the file's keys are read, not its weights
+        try:
             return "phase0" in store.load_pt(point, mmap=True)
         except Exception:
             return None  # damaged: named, and set aside, when a run reads it
