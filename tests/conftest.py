@@ -63,6 +63,19 @@ def resolved(hp: H.HParams = FAST) -> H.HParams:
     return resolve_hparams(hp, torch.device("cpu"))
 
 
+def run(spec: RunSpec, data: H.Data, results, hp: H.HParams = FAST, **kw) -> dict:
+    """One run as a notebook makes it, on the CPU, quietly."""
+    from lth.runs import run_experiment
+    return run_experiment(spec, data, "cpu", results, hp, progress=False, **kw)
+
+
+def starts_of_training(monkeypatch) -> list[dict]:
+    """The model's weights as each call of `train` begins: what a phase starts from."""
+    starts, train = [], H.train
+    monkeypatch.setattr(H, "train", lambda model, *a, **k: starts.append(H.snapshot(model)) or train(model, *a, **k))
+    return starts
+
+
 def dies_at_call(monkeypatch, n: int, error=KeyboardInterrupt) -> None:
     """The n-th call of train() raises `error`: the session ends in the middle of that phase."""
     calls, train = [], H.train

@@ -10,24 +10,13 @@ import pytest
 import torch
 
 import helpers as H
-from conftest import FAST, fake_record
+from conftest import FAST, fake_record, run, starts_of_training
 from lth.identity import ResultMismatch
 from lth.report import Findings, findings
-from lth.runs import resolve_hparams, run_experiment
+from lth.runs import resolve_hparams
 from lth.spec import CLASSIC, RunSpec
 from lth.store import load_masks, load_phase0, load_theta0, phase0_path
 from lth.verdicts import compare_seeds, range_verdict
-
-
-def run(spec, data, results, hp=FAST):
-    return run_experiment(spec, data, "cpu", results, hp, progress=False)
-
-
-def starts_of_training(monkeypatch) -> list[dict]:
-    """The model's weights as each call of `train` begins: what a phase starts from."""
-    starts, train = [], H.train
-    monkeypatch.setattr(H, "train", lambda model, *a, **k: starts.append(H.snapshot(model)) or train(model, *a, **k))
-    return starts
 
 
 def test_round_one_prunes_by_the_trained_weights_and_rewinds_to_theta0(data, tmp_path, monkeypatch):

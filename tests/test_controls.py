@@ -4,24 +4,12 @@ import pytest
 import torch
 
 import helpers as H
-from conftest import FAST
+from conftest import FAST, run, starts_of_training
 from lth import precision
 from lth.files import save_atomic
 from lth.runs import resolve_hparams, run_experiment
 from lth.spec import RunSpec
 from lth.store import load_masks, load_phase0, load_theta0, phase0_path, rewind_point_path
-
-
-def run(spec, data, results):
-    return run_experiment(spec, data, "cpu", results, FAST, progress=False)
-
-
-def starts_of_training(monkeypatch) -> list[dict]:
-    """The model's weights as each call of `train` begins: what a phase starts from."""
-    starts, train = [], H.train
-    monkeypatch.setattr(H, "train", lambda model, *a, **k: starts.append(H.snapshot(model)) or train(model, *a, **k))
-    return starts
-
 
 SCHEDULE = dict(sparsity=0.5, rounds=2, epochs=2)
 HP = resolve_hparams(FAST, torch.device("cpu"))  # as run_experiment resolves it: the files are named by it

@@ -7,20 +7,16 @@ import pytest
 import torch
 
 import helpers as H
-from conftest import FAST, fake_record, resolved, run_all
+from conftest import fake_record, resolved, run, run_all
 from lth.batch import jobs, plan
 from lth.plots import plot_classic
 from lth.readme import results_markdown, write_readme_results
 from lth.report import classic_curve, findings, reading
-from lth.runs import run_experiment
 from lth.spec import ARMS, CLASSIC, RunSpec
 from lth.store import MANIFEST, checkpoint_path, record_file, record_path, write_json
 
 ROOT = H.ROOT
 
-
-def run(spec, data, tmp_path, **kw):
-    return run_experiment(spec, data, "cpu", tmp_path, FAST, progress=False, **kw)
 
 
 def without_seconds(history):

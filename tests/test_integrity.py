@@ -15,19 +15,16 @@ import pytest
 import torch
 
 import helpers as H
-from conftest import FAST, dies_at_call, fake_arrays, resolved
+from conftest import FAST, dies_at_call, fake_arrays, resolved, run
 from lth.data import load_data, subset
 from lth.identity import DamagedFile, ResultMismatch, run_name
-from lth.runs import resolve_hparams, run_experiment
+from lth.runs import resolve_hparams
 from lth.spec import RunSpec
 from lth.store import checkpoint_path, load_masks, load_records, record_path, save_atomic, write_json
 
 ROOT = H.ROOT
 TINY = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1, model="tiny")  # models/tiny.py: seconds a run
 
-
-def run(spec, data, results, hp=FAST, **kw):
-    return run_experiment(spec, data, "cpu", results, hp, progress=False, **kw)
 
 
 def count_training(monkeypatch) -> list[str]:

@@ -18,14 +18,14 @@ import torch
 
 import helpers as H
 import run_all as R
-from conftest import FAST, dies_at_call, fake_arrays, name_of, resolved, run_all
+from conftest import FAST, dies_at_call, fake_arrays, name_of, resolved, run, run_all
 from lth.data import data_identity, data_source, load_data
 from lth.explore import VIEWS, default_choice
 from lth.files import save_atomic
 from lth.identity import DamagedFile, ResultMismatch
 from lth.masks import mask_findings
 from lth.readme import write_readme_results
-from lth.runs import resolve_hparams, run_experiment
+from lth.runs import resolve_hparams
 from lth.spec import RunSpec, as_bool
 from lth.store import (
     MANIFEST,
@@ -49,9 +49,6 @@ from lth.store import (
 ROOT = H.ROOT
 TINY = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1, model="tiny")  # models/tiny.py: seconds a run
 
-
-def run(spec, data, results, hp=FAST, **kw):
-    return run_experiment(spec, data, "cpu", results, hp, progress=False, **kw)
 
 
 def tracked_state() -> str:

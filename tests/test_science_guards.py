@@ -7,25 +7,15 @@ import pytest
 import torch
 
 import helpers as H
-from conftest import FAST, dies_at_call, fake_record, resolved
+from conftest import FAST, dies_at_call, fake_record, resolved, run, starts_of_training
 from lth.identity import ResultMismatch
 from lth.report import findings
-from lth.runs import run_experiment
 from lth.spec import RunSpec
 from lth.store import claim_folder, load_masks, write_json
 
 SCHEDULE = dict(sparsity=0.5, rounds=2, epochs=2, model="tiny")
 
 
-def run(spec, data, results, hp=FAST):
-    return run_experiment(spec, data, "cpu", results, hp, progress=False)
-
-
-def starts_of_training(monkeypatch) -> list[dict]:
-    """The model's weights as each call of `train` begins: what a phase starts from."""
-    starts, train = [], H.train
-    monkeypatch.setattr(H, "train", lambda model, *a, **k: starts.append(H.snapshot(model)) or train(model, *a, **k))
-    return starts
 
 
 def test_evaluation_over_batches_that_split_the_test_set_unevenly_equals_one_pass(data):
