@@ -69,3 +69,13 @@ def drop_text(drop: tuple[float, float | None]) -> str:
     below, at = drop
     text = f"{below:.1f}%" if below else "never"
     return f"at the threshold at {at:.1f}%, then {text}" if at is not None else text
+
+
+def mean_levels(curve, experiment: str):
+    """An arm's seeds, their mean phase 0, and the mean over those seeds at each level (`val_acc`, `remaining`),
+    each level's `state` against 2 points below that phase 0 (`against_threshold`)."""
+    rows = curve[(curve.experiment == experiment) & (curve["round"] > 0)]
+    seeds = sorted(rows.seed.unique())
+    dense = phase0_by_seed(curve, experiment)[seeds].mean()
+    mean = rows.groupby("round").agg(val_acc=("val_acc", "mean"), remaining=("remaining (%)", "mean"))
+    return seeds, dense, mean.assign(state=[against_threshold(acc, dense) for acc in mean.val_acc])

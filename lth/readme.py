@@ -9,11 +9,11 @@ import numpy as np
 
 import helpers as H
 from lth import store
-from lth.classic import classic_curve, drop_text, phase0_by_seed
+from lth.classic import classic_curve, drop_text, mean_levels
 from lth.data import data_identity
 from lth.report import Findings, findings, phase0_acc
 from lth.spec import ARMS, RunSpec, arm_label, exact, is_classic, model_label, plural
-from lth.verdicts import against_threshold, phase0_key, points
+from lth.verdicts import phase0_key, points
 
 
 def results_markdown(records: list[dict], partners: list[dict] = (), **model) -> str:
@@ -75,11 +75,8 @@ def digest(records: list[dict], partners: list[dict] = (), batchnorm: bool = Tru
 
 def first_drop_of_mean(curve, experiment: str) -> float:
     """% of the weights left where an arm's mean over seeds first falls more than 2 points below its phase 0."""
-    rows = curve[(curve.experiment == experiment) & (curve["round"] > 0)]
-    dense = phase0_by_seed(curve, experiment)[sorted(rows.seed.unique())].mean()
-    mean = rows.groupby("round").agg(val_acc=("val_acc", "mean"), left=("remaining (%)", "mean"))
-    below = mean[[against_threshold(acc, dense) == "below" for acc in mean.val_acc]]
-    return float(below.left.iloc[0]) if len(below) else 0.0
+    below = mean_levels(curve, experiment)[2].query("state == 'below'")
+    return float(below.remaining.iloc[0]) if len(below) else 0.0
 
 
 def compute_line(records: list[dict]) -> str:

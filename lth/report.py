@@ -8,10 +8,17 @@ from pathlib import Path
 import numpy as np
 
 from lth import store
-from lth.classic import classic_curve, drop_text, first_drops, phase0_by_seed, shared_phase0, sharing_phase0
+from lth.classic import (
+    classic_curve,
+    drop_text,
+    first_drops,
+    mean_levels,
+    shared_phase0,
+    sharing_phase0,
+)
 from lth.identity import DamagedFile, ResultMismatch, configuration, configurations
 from lth.spec import ARMS, CLASSIC, RunSpec, arm_label, is_classic, model_label, plural, pruned_arms
-from lth.verdicts import Comparison, against_threshold, by_seed, compare_seeds, later_count, paired, points
+from lth.verdicts import Comparison, by_seed, compare_seeds, later_count, paired, points
 
 UNREADABLE = (FileNotFoundError, DamagedFile, ResultMismatch)  # a saved file that is skipped, and named
 
@@ -266,14 +273,10 @@ def classic_findings(records: list[dict], model: dict) -> list[str]:
            f"{spread(list(shared_phase0(curve)))}."]
     pruned = curve[curve["round"] > 0]
     for arm in [a for a in ARMS if a in set(pruned.experiment)]:  # in the order of the table of arms
-        rows = pruned[pruned.experiment == arm]
         # each arm against its own seeds' phase 0, so that an arm with fewer seeds is not read against others'
-        seeds = sorted(rows.seed.unique())
-        dense = phase0_by_seed(curve, arm)[seeds].mean()
-        mean = rows.groupby("round").agg(val_acc=("val_acc", "mean"), remaining=("remaining (%)", "mean"))
-        states = [against_threshold(acc, dense) for acc in mean.val_acc]
-        below, best = mean[[s == "below" for s in states]].head(1), mean.loc[mean.val_acc.idxmax()]
-        at = mean[[s == "at" for s in states]]
+        seeds, dense, mean = mean_levels(curve, arm)
+        below, best = mean[mean.state == "below"].head(1), mean.loc[mean.val_acc.idxmax()]
+        at = mean[mean.state == "at"]
         at = at[at.remaining > (below.remaining.iloc[0] if len(below) else 0)].head(1)
         who = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of seeds {', '.join(map(str, seeds))}"
         line = f"{ARMS[arm].label.capitalize()} ({who}; their phase 0 {dense:.2%}): " + (
