@@ -62,12 +62,12 @@ def options(records: list[dict], folder: Path | str) -> dict[str, tuple[list, ob
             "arms": ([(ARMS[a].label, a) for a in pruned_arms()], tuple(first["arms"]))}
 
 
-def opening_folder(results: Path, records: list[dict], quick: bool) -> tuple[Path, list[dict], str]:
+def opening_folder(results: Path, records: list[dict], published: list[dict],
+                   quick: bool) -> tuple[Path, list[dict], str]:
     """The folder the explorer opens on, its runs, and what to say: the asked one, or, while it holds no runs, the
-    committed study as a reference (labelled with its data), with how to fill the asked one."""
+    committed study (its runs: `published`) as a reference, labelled with its data, with how to fill the asked one."""
     if records or store.is_published(results):
         return results, records, f"{len(records)} runs in {store.folder_note(results, quick)}"
-    published = store.load_records(store.PUBLISHED_RESULTS)
     if not published:
         return results, records, f"No runs in {store.folder_note(results, quick)} yet, and no committed study here."
     from lth.data import describe_data
