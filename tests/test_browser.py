@@ -44,8 +44,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_lab(root: Path, env: dict) -> tuple[subprocess.Popen, str]:
-    """JupyterLab serving `root`, on loopback only, with a token; its settings and workspaces in `root`'s parent."""
+def start_lab(root: Path, env: dict, notebook: str = "07_explore.ipynb", config: Path | None = None
+              ) -> tuple[subprocess.Popen, str]:
+    """JupyterLab serving `root`, on loopback only, with a token, and the page that opens `notebook`; its settings and
+    workspaces in `root`'s parent; `config` as the README's `jupyter lab --config` gives it."""
     port, token = free_port(), secrets.token_hex(16)
     state = root.parent / "lab-state"
     news = state / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
@@ -55,6 +57,7 @@ def start_lab(root: Path, env: dict) -> tuple[subprocess.Popen, str]:
            "JUPYTER_RUNTIME_DIR": str(state / "runtime")}
     log = open(root.parent / "lab.log", "w")
     lab = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+                            *([f"--config={config}"] if config else []),
                             f"--ServerApp.port={port}", f"--IdentityProvider.token={token}",
                             f"--ServerApp.root_dir={root}", "--LabApp.news_url=", "--ServerApp.port_retries=0",
                             *(["--allow-root"] if os.geteuid() == 0 else [])],
@@ -63,7 +66,7 @@ def start_lab(root: Path, env: dict) -> tuple[subprocess.Popen, str]:
     for _ in range(120):
         try:
             urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
-            return lab, f"{url}/lab/tree/07_explore.ipynb?token={token}"
+            return lab, f"{url}/lab/tree/{notebook}?token={token}"
         except OSError:
             if lab.poll() is not None:
                 raise RuntimeError(f"JupyterLab exited: {(root.parent / 'lab.log').read_text()[-2000:]}")
@@ -211,3 +214,40 @@ def test_on_data_of_its_own_the_explorer_opens_on_the_study_and_each_folder_brin
     assert first["height"] > 300 and study > 5  # the study's figure and its sparsities, not a blank page
     assert theirs == 1 and back == study  # "all" alone in the empty folder; every choice rebuilt on the way back
     assert not (mine / "figures").exists()
+
+
+def test_a_jupyterlab_session_on_a_source_notebook_leaves_git_status_clean(fake_npz, tmp_path):
+    """07 opened, run and saved in JupyterLab started as the README says (`jupyter lab --config
+    jupyter_server_config.py`): the outputs stay on the page, the file keeps none of them, and `git status` is clean,
+    with no git filter set up. In a repository of its own holding the notebook (its parameters pointed at an empty
+    folder and the user's data), the config file, .gitattributes and .gitignore."""
+    needs_browser()
+    from playwright.sync_api import sync_playwright
+    repo = tmp_path / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    for name in ("jupyter_server_config.py", ".gitattributes", ".gitignore"):
+        shutil.copy(H.ROOT / name, repo / name)
+    explorer_copy(tmp_path / "copy", tmp_path / "mine", fake_npz, quick=False)
+    shutil.copy(tmp_path / "copy" / "07_explore.ipynb", repo / "notebooks" / "07_explore.ipynb")
+    git = lambda *args: subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True)
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "the source")
+    committed = (repo / "notebooks" / "07_explore.ipynb").read_bytes()
+    lab, url = start_lab(repo, {**os.environ, "LTH_ROOT": str(H.ROOT), "OMP_NUM_THREADS": "2"},
+                         "notebooks/07_explore.ipynb", config=repo / "jupyter_server_config.py")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            run_all_cells(page, url, 240_000)
+            menu(page, "File", "Save Notebook")
+            page.wait_for_timeout(3000)
+            shown = page.locator(".jp-OutputArea-output").count()
+            browser.close()
+    finally:
+        lab.terminate()
+        lab.wait(timeout=30)
+    assert shown > 0  # the session ran and showed its outputs
+    assert git("status", "--porcelain").stdout == "", git("diff").stdout[:2000]
+    assert (repo / "notebooks" / "07_explore.ipynb").read_bytes() == committed
