@@ -266,7 +266,7 @@ def plot_classic(curve, ax=None):
 def arm_curves(records: list[dict], name: str) -> list[tuple[str, object]]:
     """An arm's validation accuracy through training, one figure per parameter family (the classic curve apart),
     each under the name `ARMS` declares for it: the lab's multi-line graph, a line per sparsity or schedule where the
-    family has several, one line where it has one."""
+    family has several, one line where it has one; for an arm with `panels`, the same lines a panel each beside it."""
     from lth.report import history_table
     arm, out = ARMS[name], []
     for classic in (False, True):
@@ -279,4 +279,7 @@ def arm_curves(records: list[dict], name: str) -> list[tuple[str, object]]:
                  f"cumulative epoch{f', a line per {words(varies)}' if varies else ''}")
         ax = plot_curves(history, hue=varies, title=title, palette="deep" if varies != "sparsity" else "viridis")
         out.append((f"{arm.figure}{'_classic' if classic else ''}", ax.figure))
+        if arm.panels and varies and not classic:
+            title = f"{arm.label}: validation accuracy against cumulative epoch, a panel per {words(varies)}"
+            out.append((f"{arm.figure}_panels", plot_panels(history, col=varies, title=title)))
     return out

@@ -41,6 +41,7 @@ class Arm:
     against: tuple[str, ...] = ()          # the arms it is compared with, at the same sparsity and schedule
     shown: bool = True                     # among the explorer's default arms
     figures: tuple[str, ...] = ()          # other figures the summary draws for it
+    panels: bool = False                   # its lines also as small multiples, a panel each: `{figure}_panels`
 
 
 ARMS: dict[str, Arm] = {  # in the order the findings state them
@@ -64,7 +65,7 @@ ARMS: dict[str, Arm] = {  # in the order the findings state them
                                                                                  reset="rewind", sparsity=0.5),
                             tuple(dict(rounds=r, epochs=e) for r, e in ((1, 30), (2, 15), (3, 10), (4, 7), (5, 6))),
                             "rounds_vs_epochs_curves", findings="rounds_vs_epochs", shown=False,
-                            figures=("rounds_vs_epochs_final",)),
+                            figures=("rounds_vs_epochs_final",), panels=True),
 }
 SUMMARY_FIGURES = ("final_accuracy_vs_sparsity", "sweep_curves", "classic_curve", "configurations")
 
@@ -72,8 +73,9 @@ SUMMARY_FIGURES = ("final_accuracy_vs_sparsity", "sweep_curves", "classic_curve"
 def figure_names() -> dict[str, str]:
     """Every figure file's stem -> the notebook that writes it, once: the summary draws each arm's curves (one file
     per parameter family: the classic curve gets its own) and the study's figures; the explorer its showcase."""
-    owners = {stem: "06_summary" for arm in ARMS.values() for stem in (arm.figure, f"{arm.figure}_classic",
-                                                                         *arm.figures)}
+    owners = {stem: "06_summary" for arm in ARMS.values()
+              for stem in (arm.figure, f"{arm.figure}_classic", *arm.figures,
+                           *((f"{arm.figure}_panels",) if arm.panels else ()))}
     return owners | {stem: "06_summary" for stem in SUMMARY_FIGURES} | {"explore": "07_explore"}
 
 
