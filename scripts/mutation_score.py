@@ -8,7 +8,9 @@ mutmut keeps its results in mutants/*.meta, on one machine. The score also copie
 which is committed, and `--run` starts from there when mutants/ has none: a run goes on where another machine left it.
 
 The core is what the science rests on: pruning, the resets, the training loop, the lottery-ticket procedure, a
-run's identity and the seed-range verdict. mutmut's configuration (files, test selection) is in pyproject.toml."""
+run's identity and the verdicts, and the whole of what runs, stores, plans and loads them (lth.runs, lth.store,
+lth.spec, lth.data). The score is stated per module. mutmut's configuration (files, test selection) is in
+pyproject.toml."""
 import argparse
 import os
 import re
@@ -26,6 +28,7 @@ CORE = {
     "lth.identity": ["non_default", "run_identity", "saved_identity", "record_identity", "phase0_identity",
                      "identity_hash", "check_identity", "differences", "checkpoint_identity", "phase0_file_identity"],
     "lth.verdicts": ["range_verdict", "interval", "paired", "compare_seeds", "against_threshold"],
+    **{module: ["*"] for module in ("lth.runs", "lth.store", "lth.spec", "lth.data")},  # every function
 }
 TOPK_ORDER = "topk's `sorted` orders the indices it returns; the mask they set is the same set either way"
 BROADCAST = "a (3, 1, 1) view broadcasts over an NCHW batch exactly as (1, 3, 1, 1) does"
@@ -60,7 +63,7 @@ DEVICE_ONLY = {f"helpers.x_{name}" for name in [
     *(f"augment__mutmut_{n}" for n in (3, 13, 18, 30, 35, 46, 50, 58, 60, 64, 66, 77, 79, 81, 83)),
     *(f"train__mutmut_{n}" for n in (7, 8, 9, 10, 12, 19, 26, 34, 100, 102, 105, 108))]}
 
-RESULTS = ["helpers.py.meta", "lth/identity.py.meta", "lth/report.py.meta"]  # mutmut's results, a file per module
+RESULTS = [f"{module.replace('.', '/')}.py.meta" for module in CORE]  # mutmut's results, a file per module
 SAVED = Path(__file__).parent / "mutmut_results"
 
 
@@ -72,8 +75,12 @@ def copy_results(src: Path, dst: Path, only_missing: bool) -> None:
 
 
 def patterns() -> list[str]:
-    return [f"{module}.{name if name.startswith('xǁ') else 'x_' + name}__mutmut_*"
+    return [f"{module}.{name if name.startswith(('xǁ', '*')) else 'x_' + name}__mutmut_*"
             for module, names in CORE.items() for name in names]
+
+
+def module_of(mutant: str) -> str:
+    return mutant.split(".x")[0]
 
 
 def results() -> dict[str, str]:
@@ -95,7 +102,7 @@ def main() -> int:
         # not the equivalent ones, nor the device-only ones on a machine without CUDA
         copy_results(SAVED, Path("mutants"), only_missing=True)
         Path("mutants/mutmut-stats.json").unlink(missing_ok=True)
-        subprocess.run(["mutmut", "run", "lth.report.x_verdict__mutmut_1"], check=True, env=env)
+        subprocess.run(["mutmut", "run", "helpers.x_prune__mutmut_1"], check=True, env=env)
         import torch
         gpu = torch.cuda.is_available()
         retry = lambda k, v: v == "timeout" or v == "survived" and (gpu or k not in DEVICE_ONLY)
@@ -107,11 +114,22 @@ def main() -> int:
     status = {k: v for k, v in results().items() if core.fullmatch(k)}
     counts = Counter(status.values())
     survivors = sorted(k for k, v in status.items() if v != "killed")
-    judged = [k for k in status if k not in EQUIVALENT and status[k] in ("killed", "survived", "timeout")]
+    # a mutant no test reaches survives as surely as one the tests run and miss
+    judged = [k for k in status if k not in EQUIVALENT and status[k] in ("killed", "survived", "timeout", "no tests")]
     killed = sum(status[k] in ("killed", "timeout") for k in judged)
     print(f"core mutants: {len(status)} ({', '.join(f'{n} {s}' for s, n in counts.most_common())})")
     print(f"equivalent survivors set apart: {sum(k in EQUIVALENT for k in status)}")
     print(f"score: {killed} killed of {len(judged)} non-equivalent mutants run = {killed / max(1, len(judged)):.1%}")
+    for module in CORE:
+        mine = [k for k in judged if module_of(k) == module]
+        done = sum(status[k] in ("killed", "timeout") for k in mine)
+        device = sum(status[k] == "survived" and k in DEVICE_ONLY for k in mine)
+        untested = sum(module_of(k) == module and v == "no tests" for k, v in status.items())
+        unrun = sum(module_of(k) == module and v == "not checked" for k, v in status.items())
+        print(f"  {module:13s} {done:4d} killed of {len(mine):4d} = {done / max(1, len(mine)):6.1%}"
+              + (f"  ({device} device-only survivors on a CPU)" if device else "")
+              + (f"  ({untested} that no test reaches)" if untested else "")
+              + (f"  ({unrun} not run yet)" if unrun else ""))
     for k in survivors:
         print(f"  {status[k]:10s} {k}" + (f"  (equivalent: {EQUIVALENT[k]})" if k in EQUIVALENT else
                                            "  (a device argument dropped)" if k in DEVICE_ONLY else ""))

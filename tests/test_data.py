@@ -8,7 +8,7 @@ import torchvision
 
 import helpers as H
 from conftest import fake_arrays
-from lth.data import load_data, sha256
+from lth.data import QUICK_SUBSET, data_identity, data_source, describe_data, load_data, sha256, subset
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -50,6 +50,38 @@ def test_torchvision_folder(tmp_path, monkeypatch):
     assert data.source["kind"] == "folder"
     assert torch.equal(data.x_train.permute(0, 2, 3, 1), torch.from_numpy(raw["x_train"]))
     assert torch.equal(data.y_test, torch.from_numpy(raw["y_test"]))
+
+
+def test_the_data_a_run_would_read_is_named_without_decoding_it_in_every_layout(fake_npz, tmp_path, monkeypatch):
+    """data_source: the identity load_data gives (content hash, quick subset) from the files alone: an .npz, a folder
+    holding one, a torchvision folder (its files in name order), $CIFAR10_DATA; None where there is no data yet."""
+    full, quick = load_data(fake_npz), load_data(fake_npz, quick=True)
+    assert data_identity(data_source(fake_npz)) == data_identity(full.source)
+    assert data_identity(data_source(fake_npz.parent, quick=True)) == data_identity(quick.source)
+    assert data_source(fake_npz) == {"sha256": sha256([fake_npz])}
+    assert data_source(fake_npz, quick=True) == {"sha256": sha256([fake_npz]), "subset": list(QUICK_SUBSET)}
+    monkeypatch.setenv("CIFAR10_DATA", str(fake_npz))
+    assert data_source() == {"sha256": sha256([fake_npz])}
+    folder = tmp_path / "tv" / "cifar-10-batches-py"
+    (folder / "a_subfolder").mkdir(parents=True)
+    for name in ("test_batch", "data_batch_1", "batches.meta"):
+        (folder / name).write_bytes(name.encode())
+    assert data_source(folder.parent) == {"sha256": sha256(sorted(p for p in folder.iterdir() if p.is_file()))}
+    assert data_source(folder.parent)["sha256"] != sha256([folder / n for n in ("test_batch", "data_batch_1",
+                                                                                 "batches.meta")])
+    assert data_source(tmp_path / "nothing") is None and data_source(tmp_path / "tv2") is None
+
+
+def test_a_subset_is_the_first_images_of_each_split_and_says_so(fake_npz):
+    data = load_data(fake_npz)
+    small = subset(data, 7, 3)
+    assert torch.equal(small.x_train, data.x_train[:7]) and torch.equal(small.y_train, data.y_train[:7])
+    assert torch.equal(small.x_test, data.x_test[:3]) and torch.equal(small.y_test, data.y_test[:3])
+    assert small.source == {**data.source, "subset": [7, 3]} and small.files == data.files
+    assert describe_data(small.source) == f"CIFAR-10 from a local .npz copy (sha256 {data.source['sha256'][:12]}…, " \
+                                          "quick subset of 7/3 images)"
+    assert describe_data({"sha256": "0123456789abcdef"}) == "CIFAR-10 (sha256 0123456789ab…)"
+    assert len(load_data(fake_npz, quick="yes").x_train) == min(QUICK_SUBSET[0], len(data.x_train))
 
 
 def test_missing_data_offline_says_where_it_looked(tmp_path):

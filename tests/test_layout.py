@@ -153,6 +153,23 @@ def test_figure_names_are_declared_once_and_the_summary_owns_the_arms_curves():
     with pytest.raises(ValueError, match="figure 'lottery' is not declared"):
         from lth.plots import save_figure
         save_figure(None, "lottery", "results")
+    assert owners["explore"] == "07_explore" and owners["classic_curve"] == "06_summary"
+    assert set(owners) == {"explore", *spec.SUMMARY_FIGURES, *(f for a in ARMS.values() for f in a.figures),
+                           *(f"{a.figure}{end}" for a in ARMS.values() for end in ("", "_classic")),
+                           *(f"{a.figure}_panels" for a in ARMS.values() if a.panels)}
+    assert "rounds_vs_epochs_curves_panels" in owners and "lottery_curves_panels" not in owners
+
+
+def test_the_labels_a_reader_meets_name_the_network_the_flags_and_the_rewind_point():
+    assert spec.pruned_arms() == [name for name in ARMS if name != "baseline"]
+    assert spec.model_label(dict(batchnorm=True, dropout=0.0)) == "BatchNorm, dropout 0"
+    assert spec.model_label(dict(batchnorm=False, dropout=0.2, model="cnn")) == "no BatchNorm, dropout 0.2"
+    assert spec.model_label(dict(batchnorm=True, dropout=0.0, model="conv2")) == "conv2, BatchNorm, dropout 0"
+    assert spec.arm_label(dict(experiment="lottery", params={})) == "lottery ticket"
+    assert spec.arm_label(dict(experiment="late_rewind", params=dict(rewind_epoch=1))) == "late rewinding to epoch 1"
+    assert spec.is_classic(dict(rounds=13, sparsity=0.9450244186112))
+    assert not spec.is_classic(dict(rounds=13, sparsity=0.5))
+    assert not spec.is_classic(dict(rounds=5, sparsity=spec.CLASSIC["sparsity"]))
 
 
 @pytest.mark.slow

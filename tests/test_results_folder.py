@@ -103,7 +103,15 @@ def test_runs_on_other_data_go_beside_the_default_folder(data, tmp_path, monkeyp
     assert results_root(source=data.source) == tmp_path / "results"
     other = {**data.source, "sha256": "f" * 64}
     assert results_root(source=other) == tmp_path / f"results_{'f' * 12}"
-    assert "holds runs on other data" in folder_note(tmp_path / f"results_{'f' * 12}")
+    sha = data.source["sha256"][:12]
+    assert folder_note(tmp_path / f"results_{'f' * 12}") == (
+        f"{tmp_path}/results_{'f' * 12}/ (results/ holds runs on other data, CIFAR-10 from a local .npz copy (sha256 "
+        f"{sha}…); runs on this data get a folder of their own)")
+    assert folder_note(tmp_path / "results") == f"{tmp_path}/results/"
+    # a named folder is said as it is, wherever it lies and whatever it is called
+    assert folder_note(tmp_path / "mine_1") == f"{tmp_path}/mine_1/"
+    assert folder_note(tmp_path / "elsewhere" / "results_1") == f"{tmp_path}/elsewhere/results_1/"
+    assert folder_note(H.ROOT / "results_mine") == "results_mine/"
 
 
 # A. A quick run never touches the published study, and executed notebooks never share a file.
@@ -140,7 +148,10 @@ def test_the_readme_is_written_only_from_the_published_study_on_one_data_set(tmp
 def test_the_summary_refuses_to_pool_records_of_different_data():
     a, b = {"data": {"sha256": "a" * 64, "description": "A"}}, {"data": {"sha256": "b" * 64, "description": "B"}}
     assert one_data_set([a, a]) == [a, a]
-    with pytest.raises(ResultMismatch, match="different data, so they are not pooled: 2 runs on A.*1 runs on B"):
+    import re
+    with pytest.raises(ResultMismatch, match=re.escape(
+            f"these records were made on different data, so they are not pooled: 2 runs on A (sha256 {'a' * 12}…); "
+            f"1 runs on B (sha256 {'b' * 12}…). Keep each data set in a results folder of its own.")):
         one_data_set([a, b, a])
 
 
@@ -424,6 +435,34 @@ def test_a_copied_record_is_a_stray_file_never_another_seed(copy, data, tmp_path
     with pytest.warns(UserWarning, match="is a stray file"):
         assert load_records(tmp_path, skipped=skipped) == [load_records(tmp_path, "lottery")[0]]
     assert len(skipped) == 1 and str(target) in skipped[0] and record["name"] in skipped[0]
+
+
+def test_where_runs_go_named_quick_or_of_their_data_and_each_refusal_says_the_fix(data, tmp_path, monkeypatch):
+    """results_root in one process: the default folders, a named one as it is, a folder of the data's own beside the
+    default, and each refusal in full (what was wrong, and what to do)."""
+    import re
+    monkeypatch.setenv("LTH_RESULTS", str(tmp_path))
+    assert results_root() == tmp_path / "results" and results_root(quick="yes") == tmp_path / "results_quick"
+    assert results_root(quick=True, source=data.source) == tmp_path / "results_quick"
+    with pytest.raises(ValueError, match=re.escape("quick='maybe': must be True or False (papermill: -p quick True).")):
+        results_root(quick="maybe")
+    assert results_root(tmp_path / "mine", quick=True) == tmp_path / "mine"
+    with pytest.raises(ValueError, match=re.escape(
+            "results_dir='results/mine': a quick run never writes under results/, the published study; leave "
+            "results_dir unset (quick runs go to results_quick/) or name another folder.")):
+        results_root("results/mine", quick=True)
+    for name in ("code.py", "notebook.ipynb"):  # either kind of source file alone
+        folder = tmp_path / name.replace(".", "_")
+        folder.mkdir()
+        (folder / name).write_text("")
+        with pytest.raises(ValueError, match=re.escape(
+                f"results_dir={str(folder)!r} holds source files (the repository, notebooks/, ...): runs and executed "
+                "notebooks written there would overwrite them. Name a folder of its own, e.g. results_mine, or leave "
+                "results_dir unset.")):
+            results_root(folder)
+    claim_folder(tmp_path / "results", {**data.source, "sha256": "f" * 64})
+    assert results_root() == tmp_path / "results"  # no data named: the default folder, whatever it holds
+    assert results_root(source=data.source) == tmp_path / f"results_{data.source['sha256'][:12]}"
 
 
 @pytest.mark.parametrize("folder", [".", "notebooks", "lth", ".."])
