@@ -465,6 +465,22 @@ def test_where_runs_go_named_quick_or_of_their_data_and_each_refusal_says_the_fi
     assert results_root(source=data.source) == tmp_path / f"results_{data.source['sha256'][:12]}"
 
 
+def test_a_notebook_says_its_data_folder_device_and_precision_before_anything_trains(fake_npz, tmp_path, capsys):
+    from lth.precision import describe_device
+    from lth.runs import notebook_setup
+    data, results, hp = notebook_setup(str(fake_npz), "yes", str(tmp_path / "mine"), "cpu", "fp32")
+    assert len(data.x_train) == min(256, 2048) and data.source["subset"] == [2048, 1024]
+    assert results == tmp_path / "mine" and hp == H.HParams(precision="fp32")
+    assert not (results / "data.json").exists()  # checked, not claimed: the first run claims the folder
+    assert capsys.readouterr().out == (
+        f"data: CIFAR-10 from a local .npz copy (sha256 {data.source['sha256'][:12]}…, quick subset of 2048/1024 "
+        f"images), cifar10.npz\nresults: {tmp_path}/mine/\ndevice: {describe_device(torch.device('cpu'), 'fp32')}\n"
+        "precision: fp32 (asked: fp32)\n")
+    claim_folder(tmp_path / "mine", {**data.source, "sha256": "f" * 64})
+    with pytest.raises(ResultMismatch):
+        notebook_setup(str(fake_npz), True, str(tmp_path / "mine"), "cpu", "fp32")
+
+
 @pytest.mark.parametrize("folder", [".", "notebooks", "lth", ".."])
 def test_a_results_folder_holding_source_files_is_refused(folder):
     with pytest.raises(ValueError, match="holds source files"):
