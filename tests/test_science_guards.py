@@ -1,6 +1,7 @@
 """Tests that would catch a wrong control: each guards one behaviour that a wrong implementation would break while
 every other test passes (the break that each was seen failing under is named in its docstring)."""
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +120,42 @@ def test_a_folder_without_a_manifest_holding_runs_on_other_data_is_refused_not_c
         claim_folder(tmp_path, data.source)
     assert not (tmp_path / "data.json").exists()
     assert not np.isnan(record["final_val_acc"])
+
+
+def test_whether_a_run_prunes_by_late_rewindings_own_phase0_is_read_from_its_files(tmp_path):
+    """own_phase0, every case: the rewind point kept with a replayed phase 0 (True), a plain one (False), a damaged
+    one (None: not known until a run reads it), none yet while the shared phase 0 is there (None: late rewinding
+    will replay it) or is not (False: a phase 0 trained here keeps its rewind points, so the two share it)."""
+    from lth.files import save_atomic
+    from lth.runs import own_phase0
+    from lth.store import phase0_path, rewind_point_path
+    spec, hp, source = RunSpec.of("lottery", sparsity=0.5, model="tiny", phase0_of_late_rewind=1), H.HParams(), \
+        {"sha256": "0" * 64}
+    point = rewind_point_path(tmp_path, spec.late_rewind_source, hp, source)
+    shared = phase0_path(tmp_path, spec.late_rewind_source, hp, source)
+    assert own_phase0(tmp_path, spec, hp, source) is False
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic({"state": {}}, shared)
+    assert own_phase0(tmp_path, spec, hp, source) is None
+    point.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic({"state": {}}, point)
+    assert own_phase0(tmp_path, spec, hp, source) is False
+    save_atomic({"state": {}, "phase0": {}}, point)
+    assert own_phase0(tmp_path, spec, hp, source) is True
+    point.write_bytes(point.read_bytes()[:-9])
+    assert own_phase0(tmp_path, spec, hp, source) is None
+    shared.unlink()
+    assert own_phase0(tmp_path, spec, hp, source) is None  # the point decides, whatever else is there
+
+
+def test_a_replay_that_left_the_saved_phase0_says_how_many_tensors_and_by_how_much():
+    from lth.runs import replayed_exactly
+    saved, said = {"a": torch.ones(3), "b": torch.ones(2)}, []
+    same = {k: v.clone() for k, v in saved.items()}
+    assert replayed_exactly(Path("p0.pt"), saved, same, "run", said.append) and said == []
+    assert not replayed_exactly(Path("p0.pt"), saved, {"a": torch.tensor([1.0, 0.75, 1.0]), "b": torch.ones(2)},
+                                "run", said.append)
+    assert said == ["run: replaying p0.pt here did not end on its saved weights (1 tensors differ, by up to 0.25: "
+                    "another device, thread count or library version). The run prunes by the replay's own weights, "
+                    "kept beside its rewind point, so mask and rewind point come from one phase 0; p0.pt is left as it "
+                    "is."]

@@ -257,6 +257,25 @@ def test_an_epoch_counts_only_the_time_its_process_ran():
     assert 2.4 < epoch["seconds"] < 4.0  # 9 s of wall time, less the stop
 
 
+def test_a_gap_in_the_watchers_wake_ups_is_a_stop_and_an_epoch_loses_only_its_part_of_it():
+    """StoppedTime in this process (the test above stops a real one): a daemon thread keeps its last wake-up fresh,
+    a wake-up more than GAP s late records a stop, and `between` counts the part of each stop inside an epoch."""
+    import threading
+
+    from lth.runs import StoppedTime
+    clock = StoppedTime()
+    time.sleep(3 * clock.TICK)
+    assert time.monotonic() - clock.last < 2 * clock.TICK and clock.stops == []
+    assert "stopped-time" in {t.name for t in threading.enumerate() if t.daemon}
+    now = time.monotonic()
+    with clock.lock:
+        clock.last = now - 10  # as if no wake-up came for 10 s: the process was stopped
+    assert clock.between(now - 20, now + 1) == pytest.approx(10 - clock.TICK, abs=0.3)
+    (a, b), = clock.stops
+    assert clock.between(a - 5, a + 2) == pytest.approx(2) and clock.between(b - 1, b + 5) == pytest.approx(1)
+    assert clock.between(b + 1, b + 2) == 0 and clock.between(a + 1, a + 3) == pytest.approx(2)
+
+
 def test_the_compute_line_lists_each_machine_once_and_counts_an_unmeasured_stop_at_its_runs_median():
     from lth.readme import compute_line
     records = [fake_record("lottery", 0.8, sparsity=0.5, seed=s) for s in (0, 1)]
