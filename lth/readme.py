@@ -13,7 +13,7 @@ from lth.classic import classic_curve, drop_text, mean_levels
 from lth.data import data_identity
 from lth.report import Findings, findings, phase0_acc
 from lth.spec import ARMS, RunSpec, arm_label, exact, is_classic, model_label, plural
-from lth.verdicts import phase0_key, points
+from lth.verdicts import phase0_key, standing
 
 
 def results_markdown(records: list[dict], partners: list[dict] = (), **model) -> str:
@@ -51,9 +51,9 @@ def digest(records: list[dict], partners: list[dict] = (), batchnorm: bool = Tru
     if sweep:
         seeds, diffs = len(ask.runs("lottery", **ask.schedule(sweep[-1][0]))), [c.diff for _, c in sweep]
         lines.append(f"**Lottery tickets against random pruning** ({rounds} rounds × {epochs} epochs, "
-                     f"{sweep[0][0]:.0%} to {sweep[-1][0]:.0%} sparsity): the ticket leads by {points(min(diffs))} "
-                     f"to {points(max(diffs))}, clear (paired over {plural(seeds, 'seed')}, the "
-                     f"95% interval excludes zero) at {sum(bool(c.clear) for _, c in sweep)} of {len(sweep)} "
+                     f"{sweep[0][0]:.0%} to {sweep[-1][0]:.0%} sparsity): the ticket "
+                     f"{standing(min(diffs), max(diffs))}, clear (paired over {plural(seeds, 'seed')}, the 95% "
+                     f"interval excludes zero) at {sum(bool(c.clear) for _, c in sweep)} of {len(sweep)} "
                      "sparsities.")
         p, ticket = sweep[-1][0], ask.runs("lottery", **ask.schedule(sweep[-1][0]))
         converged = ask.accs("baseline")

@@ -18,7 +18,7 @@ from lth.classic import (
 )
 from lth.identity import DamagedFile, ResultMismatch, configuration, configurations
 from lth.spec import ARMS, CLASSIC, RunSpec, arm_label, is_classic, model_label, plural, pruned_arms
-from lth.verdicts import Comparison, by_seed, compare_seeds, later_count, paired, points
+from lth.verdicts import Comparison, by_seed, compare_seeds, later_count, paired, points, standing
 
 UNREADABLE = (FileNotFoundError, DamagedFile, ResultMismatch)  # a saved file that is skipped, and named
 
@@ -157,7 +157,7 @@ class Findings:
                 a, b = ARMS[name].label, ARMS[other].label
                 lead = self.pair(ticket, control)
                 out.append(f"Sparsity {p:.0%}: {a} {spread(acc(ticket))}, {b} {spread(acc(control))}: the ticket "
-                           f"leads by {points(lead.diff)} ({lead.said}); against the phase 0 of the same seeds "
+                           f"{standing(lead.diff)} ({lead.said}); against the phase 0 of the same seeds "
                            f"(equal epochs): {a} {self.gain(name, **self.schedule(p))}, "
                            f"{b} {self.gain(other, **self.schedule(p))}.")
         return out

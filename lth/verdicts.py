@@ -88,6 +88,19 @@ def points(x: float) -> str:
     return f"{100 * x:+.2f} points"
 
 
+def standing(low: float, high: float | None = None) -> str:
+    """How one arm stands against another, by a difference or a range of them: 'leads by +1.80 points to +5.86
+    points', 'trails by 1.03 points', or 'differs by -0.40 points to +1.20 points' across zero."""
+    high = low if high is None else high
+    span = points(low) if high == low else f"{points(low)} to {points(high)}"
+    if low >= 0:
+        return f"leads by {span}"
+    if high < 0:
+        return f"trails by {100 * -high:.2f} points" if high == low else \
+            f"trails by {100 * -high:.2f} to {100 * -low:.2f} points"
+    return f"differs by {span}"
+
+
 def later_count(a: dict, b: dict, shared: set[int]) -> str:
     """Seed by seed, which arm falls 2 points below later (at fewer weights left), among seeds that share phase 0."""
     seeds = sorted(set(a) & set(b) & shared)

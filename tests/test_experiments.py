@@ -196,6 +196,10 @@ def test_findings_compute_gap_range_and_whether_it_exceeds_the_seed_range():
     assert ("Sparsity 30%: lottery ticket 74.00% (1 seed), random pruning 74.00% (1 seed): the ticket leads by +0.00 "
             "points (paired on one seed: no interval from one seed); against the phase 0 of the same seeds (equal "
             "epochs): lottery ticket +4.00 points, random pruning +4.00 points.") in "\n".join(findings(records + few))
+    behind = [fake_record(arm, acc, phase0=0.70, sparsity=0.3, seed=3) for arm, acc in (("lottery", 0.7397),
+                                                                                        ("random", 0.75))]
+    assert ("the ticket trails by 1.03 points (paired on one seed: no interval from one seed)"
+            in "\n".join(findings(records + behind)))  # a negative lead is said as what it is
 
 
 def test_the_classic_curve_finds_where_each_arm_falls_two_points_below_phase0():

@@ -192,7 +192,7 @@ def test_the_readme_digest_states_each_headline_from_the_records():
     records = [fake_record(arm, acc + 0.01 * s, sparsity=p, seed=s) for s in range(3) for p in (0.1, 0.5)
                for arm, acc in (("lottery", 0.80), ("random", 0.74))]
     text = digest(records)
-    assert ("the ticket leads by +6.00 points to +6.00 points, clear (paired over 3 seeds, the 95% interval excludes "
-            "zero) at 2 of 2 sparsities.") in text
+    assert ("the ticket leads by +6.00 points, clear (paired over 3 seeds, the 95% interval excludes zero) at 2 of 2 "
+            "sparsities.") in text
     assert "At 50%, the ticket reaches 81.00%, +6.00 points over the dense network trained as long" in text
     assert text.splitlines()[-1].startswith("Compute: ")
