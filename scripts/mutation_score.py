@@ -12,9 +12,9 @@ run's identity and the verdicts, and the whole of what runs, stores, plans and l
 lth.spec, lth.data). The score is stated per module. mutmut's configuration (files, test selection) is in
 pyproject.toml."""
 import argparse
+import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -71,7 +71,20 @@ def copy_results(src: Path, dst: Path, only_missing: bool) -> None:
     for name in RESULTS:
         if (src / name).exists() and not (only_missing and (dst / name).exists()):
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src / name, dst / name)
+            new = json.loads((src / name).read_text())
+            if (dst / name).exists():
+                keep_checked(json.loads((dst / name).read_text()), new)
+            (dst / name).write_text(json.dumps(new))
+
+
+def keep_checked(old: dict, new: dict) -> None:
+    """Into `new`, the results `old` holds for mutants `new` has not checked, of functions whose code is unchanged
+    (mutmut forgets a file's results when it generates its mutants again, even of functions it did not change)."""
+    same = {f for f, h in new["hash_by_function_name"].items() if old["hash_by_function_name"].get(f) == h}
+    for key, code in old["exit_code_by_key"].items():
+        if code is not None and new["exit_code_by_key"].get(key, 0) is None and \
+                key.split(".")[-1].rsplit("__mutmut_", 1)[0] in same:
+            new["exit_code_by_key"][key] = code
 
 
 def patterns() -> list[str]:
