@@ -18,9 +18,8 @@ def strip_source_notebooks(model, path, contents_manager, **kwargs):
         return
     import nbformat
     from nbstripout import strip_output
-    nb = strip_output(nbformat.from_dict(model["content"]), keep_output=False, keep_count=False, keep_id=True,
-                      extra_keys=["metadata.language_info"])
-    model["content"] = nb
+    model["content"] = strip_output(nbformat.from_dict(model["content"]), keep_output=False, keep_count=False,
+                                    keep_id=True, extra_keys=["metadata.language_info"])
 
 
 c.FileContentsManager.pre_save_hook = strip_source_notebooks  # noqa: F821 (`c` is Jupyter's config object)

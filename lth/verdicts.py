@@ -92,13 +92,10 @@ def standing(low: float, high: float | None = None) -> str:
     """How one arm stands against another, by a difference or a range of them: 'leads by +1.80 points to +5.86
     points', 'trails by 1.03 points', or 'differs by -0.40 points to +1.20 points' across zero."""
     high = low if high is None else high
+    if high < 0:  # said as the gap behind, unsigned
+        return f"trails by {100 * -high:.2f}{'' if high == low else f' to {100 * -low:.2f}'} points"
     span = points(low) if high == low else f"{points(low)} to {points(high)}"
-    if low >= 0:
-        return f"leads by {span}"
-    if high < 0:
-        return f"trails by {100 * -high:.2f} points" if high == low else \
-            f"trails by {100 * -high:.2f} to {100 * -low:.2f} points"
-    return f"differs by {span}"
+    return f"{'leads' if low >= 0 else 'differs'} by {span}"
 
 
 def later_count(a: dict, b: dict, shared: set[int]) -> str:

@@ -82,8 +82,7 @@ def keep_checked(old: dict, new: dict) -> None:
     (mutmut forgets a file's results when it generates its mutants again, even of functions it did not change)."""
     same = {f for f, h in new["hash_by_function_name"].items() if old["hash_by_function_name"].get(f) == h}
     for key, code in old["exit_code_by_key"].items():
-        if code is not None and new["exit_code_by_key"].get(key, 0) is None and \
-                key.split(".")[-1].rsplit("__mutmut_", 1)[0] in same:
+        if code is not None and new["exit_code_by_key"].get(key, 0) is None and function_of(key) in same:
             new["exit_code_by_key"][key] = code
 
 
@@ -94,6 +93,11 @@ def patterns() -> list[str]:
 
 def module_of(mutant: str) -> str:
     return mutant.split(".x")[0]
+
+
+def function_of(mutant: str) -> str:
+    """'lth.spec.xǁRunSpecǁof__mutmut_3' -> 'xǁRunSpecǁof', as mutmut keys its functions' hashes."""
+    return mutant.split(".")[-1].rsplit("__mutmut_", 1)[0]
 
 
 def results() -> dict[str, str]:
