@@ -52,11 +52,11 @@ def validator():
     return fastjsonschema.compile(RECORD)
 
 
-def schema_errors(record) -> list[str]:
-    """What in `record` breaks the schema: ['history[3] must contain ['round'] properties'], or []."""
+def schema_error(record) -> str | None:
+    """What in `record` breaks the schema first: "history[3] must contain ['round'] properties", or None."""
     import fastjsonschema
     try:
         validator()(record)
     except fastjsonschema.JsonSchemaValueException as e:
-        return [e.message.removeprefix("data.").replace("data must", "the record must")]
-    return []
+        return e.message.removeprefix("data.").replace("data must", "the record must")
+    return None

@@ -41,7 +41,7 @@ from lth.identity import (
     saved_identity,
     theta0_name,
 )
-from lth.schema import schema_errors
+from lth.schema import schema_error
 from lth.spec import RunSpec, as_bool
 
 PUBLISHED_RESULTS = H.ROOT / "results"  # the study this repository publishes: its README's numbers come from here
@@ -190,9 +190,9 @@ def read_record(path: Path) -> dict:
     """A finished run's record; DamagedFile, naming the file, for anything that is not one."""
     record = read_json(path)
     try:
-        errors = schema_errors(record)
-        if errors:
-            raise ValueError("; ".join(errors))
+        error = schema_error(record)
+        if error:
+            raise ValueError(error)
         record_identity(record)  # its params, hparams and data are ones a run can have
     except (TypeError, ValueError, AttributeError) as e:
         raise DamagedFile(f"{path} is not a run record ({type(e).__name__}: {e}). Restore it (`git checkout -- "

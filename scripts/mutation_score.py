@@ -5,7 +5,7 @@ input can tell them from the original, each with its reason), and the score amon
     python scripts/mutation_score.py          # the score, from mutmut's saved results
 
 mutmut keeps its results in mutants/*.meta, on one machine. The score also copies them to scripts/mutmut_results/,
-which is committed, and `--run` starts from there when mutants/ has none: a run goes on where another machine left it.
+which is committed, and `--run` fills mutants/ from there: a run goes on where another machine left it.
 
 The core is what the science rests on: pruning, the resets, the training loop, the lottery-ticket procedure, a
 run's identity and the verdicts, and the whole of what runs, stores, plans and loads them (lth.runs, lth.store,
@@ -67,23 +67,24 @@ RESULTS = [f"{module.replace('.', '/')}.py.meta" for module in CORE]  # mutmut's
 SAVED = Path(__file__).parent / "mutmut_results"
 
 
-def copy_results(src: Path, dst: Path, only_missing: bool) -> None:
-    for name in RESULTS:
-        if (src / name).exists() and not (only_missing and (dst / name).exists()):
-            (dst / name).parent.mkdir(parents=True, exist_ok=True)
-            new = json.loads((src / name).read_text())
-            if (dst / name).exists():
-                keep_checked(json.loads((dst / name).read_text()), new)
-            (dst / name).write_text(json.dumps(new))
-
-
-def keep_checked(old: dict, new: dict) -> None:
-    """Into `new`, the results `old` holds for mutants `new` has not checked, of functions whose code is unchanged
+def share_results() -> None:
+    """mutants/ and the committed copy both get every result either holds: mutants/ names the current mutants and
+    their functions' hashes, and a saved result stands for a mutant not checked there whose function is unchanged
     (mutmut forgets a file's results when it generates its mutants again, even of functions it did not change)."""
-    same = {f for f, h in new["hash_by_function_name"].items() if old["hash_by_function_name"].get(f) == h}
-    for key, code in old["exit_code_by_key"].items():
-        if code is not None and new["exit_code_by_key"].get(key, 0) is None and function_of(key) in same:
-            new["exit_code_by_key"][key] = code
+    for name in RESULTS:
+        current, saved = Path("mutants") / name, SAVED / name
+        if not current.exists():
+            continue
+        new = json.loads(current.read_text())
+        if saved.exists():
+            old = json.loads(saved.read_text())
+            same = {f for f, h in new["hash_by_function_name"].items() if old["hash_by_function_name"].get(f) == h}
+            for key, code in old["exit_code_by_key"].items():
+                if code is not None and new["exit_code_by_key"].get(key, 0) is None and function_of(key) in same:
+                    new["exit_code_by_key"][key] = code
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        for path in (current, saved):
+            path.write_text(json.dumps(new))
 
 
 def patterns() -> list[str]:
@@ -117,9 +118,9 @@ def main() -> int:
         # (without its saved stats) traces which tests reach which function again, tests added since included; then
         # every core mutant without a result, the timeouts (a hang may have been the harness's) and the survivors, but
         # not the equivalent ones, nor the device-only ones on a machine without CUDA
-        copy_results(SAVED, Path("mutants"), only_missing=True)
         Path("mutants/mutmut-stats.json").unlink(missing_ok=True)
         subprocess.run(["mutmut", "run", "helpers.x_prune__mutmut_1"], check=True, env=env)
+        share_results()
         import torch
         gpu = torch.cuda.is_available()
         retry = lambda k, v: v == "timeout" or v == "survived" and (gpu or k not in DEVICE_ONLY)
@@ -127,7 +128,7 @@ def main() -> int:
                 if core.fullmatch(k) and (v == "not checked" or k not in EQUIVALENT and retry(k, v))]
         if todo:
             subprocess.run(["mutmut", "run", *todo], check=True, env=env)
-    copy_results(Path("mutants"), SAVED, only_missing=False)
+    share_results()
     status = {k: v for k, v in results().items() if core.fullmatch(k)}
     counts = Counter(status.values())
     survivors = sorted(k for k, v in status.items() if v != "killed")

@@ -1,5 +1,6 @@
 import pickle
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +9,17 @@ import torchvision
 
 import helpers as H
 from conftest import fake_arrays
-from lth.data import QUICK_SUBSET, data_identity, data_source, describe_data, load_data, sha256, subset
+from lth.data import (
+    KNOWN_COPIES,
+    QUICK_SUBSET,
+    data_identity,
+    data_path,
+    data_source,
+    describe_data,
+    load_data,
+    sha256,
+    subset,
+)
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -70,6 +81,40 @@ def test_the_data_a_run_would_read_is_named_without_decoding_it_in_every_layout(
     assert data_source(folder.parent)["sha256"] != sha256([folder / n for n in ("test_batch", "data_batch_1",
                                                                                  "batches.meta")])
     assert data_source(tmp_path / "nothing") is None and data_source(tmp_path / "tv2") is None
+
+
+def test_torchvision_downloads_only_into_data_or_a_named_folder_that_exists(fake_npz, tmp_path, monkeypatch):
+    """load_data hands a folder to torchvision with download on for ./data or a named folder that exists, off for a
+    named one that does not (a typo creates nothing) or when the caller says so; the copy is described as the
+    original images, or by name when its hash is a known re-encoded copy."""
+    asked = []
+
+    def load_cifar10(root, download):
+        asked.append((root, download))
+        return H.to_data(*(fake_arrays()[k] for k in ("x_train", "y_train", "x_test", "y_test")),
+                         {"kind": "folder", "file": "cifar-10-batches-py"}, (fake_npz,))
+    monkeypatch.setattr(H, "load_cifar10", load_cifar10)
+    monkeypatch.delenv("CIFAR10_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    data = load_data()
+    load_data(tmp_path / "typo")
+    load_data(tmp_path / "mine")
+    load_data(tmp_path / "mine", download=False)
+    monkeypatch.setenv("CIFAR10_DATA", str(tmp_path / "typo"))
+    load_data()
+    assert asked == [(Path("data"), True), (tmp_path / "typo", False), (tmp_path / "mine", True),
+                     (tmp_path / "mine", False), (tmp_path / "typo", False)]
+    assert data.source["description"] == "CIFAR-10, original images via torchvision"
+    monkeypatch.setitem(KNOWN_COPIES, sha256([fake_npz]), "a re-encoded copy")
+    assert load_data(tmp_path / "mine").source["description"] == "a re-encoded copy"
+    assert load_data(fake_npz).source["description"] == "a re-encoded copy"
+
+
+def test_the_data_read_when_nothing_is_named_is_data_here(monkeypatch):
+    monkeypatch.delenv("CIFAR10_DATA", raising=False)
+    assert data_path() == Path("data")
+    assert data_identity({"sha256": "a", "subset": [2, 1], "file": "x"}) == {"sha256": "a", "subset": [2, 1]}
 
 
 def test_a_subset_is_the_first_images_of_each_split_and_says_so(fake_npz):

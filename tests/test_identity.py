@@ -81,3 +81,21 @@ def test_a_setting_that_is_a_group_on_one_side_only_is_named_whole():
 def test_an_identity_leaves_out_the_fields_at_their_defaults():
     assert non_default(RunSpec("lottery", sparsity=0.5)) == {"experiment": "lottery", "sparsity": 0.5}
     assert non_default(RunSpec("lottery", sparsity=0.5, rewind_epoch=0)) == {"experiment": "lottery", "sparsity": 0.5}
+
+
+def test_a_sparsity_is_named_as_short_as_it_reads_back_exactly():
+    from lth.spec import CLASSIC, exact
+    assert exact(0.5) == "0.5" and exact(0.1) == "0.1"
+    assert exact(CLASSIC["sparsity"]) == repr(CLASSIC["sparsity"])  # 1 - 0.8**13: '%g' would round it
+    assert float(exact(CLASSIC["sparsity"])) == CLASSIC["sparsity"]
+
+
+def test_phase0_keeps_the_rewind_points_the_plans_name_inside_it(monkeypatch):
+    """rewind_epochs: every rewind_epoch an arm's plan or defaults name, strictly inside a phase 0 of that length."""
+    from dataclasses import replace
+
+    from lth.spec import ARMS, CLASSIC, rewind_epochs
+    assert rewind_epochs(5) == (1,) and rewind_epochs(1) == ()
+    plan = (dict(CLASSIC, rewind_epoch=3), dict(CLASSIC, rewind_epoch=2), dict(CLASSIC, rewind_epoch=0))
+    monkeypatch.setitem(ARMS, "late_rewind", replace(ARMS["late_rewind"], plan=plan))
+    assert rewind_epochs(5) == (2, 3) and rewind_epochs(3) == (2,)

@@ -1,5 +1,6 @@
 """Tests that would catch a wrong control: each guards one behaviour that a wrong implementation would break while
 every other test passes (the break that each was seen failing under is named in its docstring)."""
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from conftest import FAST, dies_at_call, fake_record, resolved, run, starts_of_t
 from lth.identity import ResultMismatch
 from lth.report import findings
 from lth.spec import RunSpec
-from lth.store import claim_folder, load_masks, write_json
+from lth.store import claim_folder, load_masks, record_file, write_json
 
 SCHEDULE = dict(sparsity=0.5, rounds=2, epochs=2, model="tiny")
 
@@ -87,6 +88,10 @@ def test_the_fixed_mask_arm_takes_masks_only_from_the_lottery_run_of_its_own_set
     assert resolved().lr != other_lr.lr
     ticket, used = load_masks(tmp_path, lottery), load_masks(tmp_path, fixed)
     assert all(torch.equal(used[r][k], m) for r in ticket for k, m in ticket[r].items())
+    path = record_file(tmp_path, lottery)
+    write_json(path, {**lottery, "data": {**lottery["data"], "sha256": "f" * 64}})  # its record, edited
+    with pytest.raises(ResultMismatch, match=f"^{re.escape(str(path))} was made with other settings than asked"):
+        run(RunSpec.of("fixed_mask", **SCHEDULE), data, tmp_path, force=True)
 
 
 def test_each_verdict_compares_the_arms_it_names():

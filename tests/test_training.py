@@ -274,6 +274,8 @@ def test_a_gap_in_the_watchers_wake_ups_is_a_stop_and_an_epoch_loses_only_its_pa
     (a, b), = clock.stops
     assert clock.between(a - 5, a + 2) == pytest.approx(2) and clock.between(b - 1, b + 5) == pytest.approx(1)
     assert clock.between(b + 1, b + 2) == 0 and clock.between(a + 1, a + 3) == pytest.approx(2)
+    time.sleep(3 * clock.TICK)  # the watcher goes on after a stop: the next one is measured too
+    assert time.monotonic() - clock.last < 2 * clock.TICK and len(clock.stops) == 1
 
 
 def test_the_compute_line_lists_each_machine_once_and_counts_an_unmeasured_stop_at_its_runs_median():

@@ -1,0 +1,174 @@
+"""Every refusal says in full what was wrong and how to fix it. The message is what a user reads instead of a
+traceback, so each one is pinned whole here: a check that raises a vaguer error, or a different one, fails."""
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import helpers as H
+from conftest import FAST, resolved, run
+from lth.data import load_data
+from lth.files import write_json
+from lth.identity import DamagedFile, ResultMismatch
+from lth.spec import RunSpec
+from lth.store import (
+    MANIFEST,
+    check_folder,
+    claim_folder,
+    folder_data,
+    load_masks,
+    load_phase0,
+    load_records,
+    phase0_path,
+    record_file,
+)
+
+TINY = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1, model="tiny")  # models/tiny.py: seconds a run
+
+
+def refused(error, message: str):
+    return pytest.raises(error, match=f"^{re.escape(message)}$")
+
+
+MUST_BE_BOOL = "{}: must be True or False (papermill: -p {} True)."
+DENSE_IS_BASELINE = "a dense run is the 'baseline' experiment."
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(model=""), "model='': must be the name of a model, e.g. 'cnn' or 'conv2'."),
+    (dict(model=3), "model=3: must be the name of a model, e.g. 'cnn' or 'conv2'."),
+    (dict(batchnorm="maybe"), MUST_BE_BOOL.format("batchnorm='maybe'", "batchnorm")),
+    (dict(phase0_of_late_rewind=5), "phase0_of_late_rewind=5: names the phase 0 of a late-rewinding run, at an epoch "
+     "0 < k < epochs (5), for a run with rewind_epoch=0 (a late-rewinding run prunes by its own phase 0 already)."),
+    (dict(strategy="ticket"), "strategy='ticket' trains a lottery run's masks from fresh values: reset must be "
+     "'reinit' (with 'rewind' it would be the lottery run itself)."),
+    (dict(rounds=0), f"rounds=0: must be a whole number >= 1 for a 'lottery' run; {DENSE_IS_BASELINE}"),
+    (dict(sparsity=0), f"sparsity=0 with rounds=5: a pruned run needs a sparsity in (0, 1); {DENSE_IS_BASELINE}"),
+])
+def test_a_run_spec_that_cannot_be_run_is_refused_saying_why(params, message):
+    with refused(ValueError, message):
+        RunSpec("lottery", **{"sparsity": 0.5, **params})
+
+
+@pytest.mark.parametrize("rounds, sparsity", [(0, 0.5), (2, 0)])
+def test_a_dense_run_with_rounds_or_a_sparsity_is_refused(rounds, sparsity):
+    with refused(ValueError, f"rounds={rounds}, sparsity={sparsity}: a 'baseline' run is dense (rounds=0, "
+                             "sparsity=0); pruned runs are 'lottery', 'random', ..."):
+        RunSpec("baseline", rounds=rounds, sparsity=sparsity)
+
+
+def test_flags_from_papermill_are_read_as_booleans_and_a_bad_one_is_named():
+    assert RunSpec.of("lottery", sparsity=0.5, batchnorm="no").batchnorm is False
+    with refused(ValueError, MUST_BE_BOOL.format("quick='maybe'", "quick")):
+        RunSpec.of("lottery", sparsity=0.5, quick="maybe")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def test_a_bad_quick_flag_is_refused_before_any_data_is_read(fake_npz):
+    with refused(ValueError, MUST_BE_BOOL.format("quick='maybe'", "quick")):
+        load_data(fake_npz, quick="maybe")
+
+
+# ------------------------------------------------------------------------------------------------ the store
+
+
+def test_a_manifest_that_is_not_one_is_named_with_the_fix(tmp_path):
+    for content in ([], {"data": []}, {"data": {"subset": None}}):
+        write_json(tmp_path / MANIFEST, content)
+        with refused(DamagedFile, f"{tmp_path / MANIFEST} is not a results folder's manifest (it needs "
+                                  '{"data": {"sha256": ...}}). Restore it (`git checkout -- PATH` if it is committed).'):
+            folder_data(tmp_path)
+
+
+def test_a_folder_of_other_data_is_refused_naming_both_data_sets(data, tmp_path):
+    other = {**data.source, "sha256": "f" * 64, "description": "other data"}
+    claim_folder(tmp_path, other)
+    assert folder_data(tmp_path) == {"data": {"sha256": "f" * 64, "subset": None}, "description": "other data"}
+    with refused(ResultMismatch, f"{tmp_path} holds runs on other data: other data (sha256 ffffffffffff…), not "
+                                 f"CIFAR-10 from a local .npz copy (sha256 {data.source['sha256'][:12]}…). One folder "
+                                 "holds one data set, so nothing is mixed: leave results_dir unset (run_all.py "
+                                 "without --results-dir) and runs on this data go to a folder of their own, or name "
+                                 "another."):
+        check_folder(tmp_path, data.source)
+
+
+@pytest.mark.parametrize("n, listed", [(3, "a0, a1, a2"), (4, "a0, a1, a2, ...")])
+def test_a_folder_without_a_manifest_lists_at_most_three_runs_of_other_data(n, listed, data, tmp_path, monkeypatch):
+    import lth.store as store
+    monkeypatch.setattr(store, "load_records", lambda folder: [{"name": f"a{i}", "data": {"sha256": "f"}}
+                                                               for i in range(n)])
+    with refused(ResultMismatch, f"{tmp_path} has no {MANIFEST} and holds runs on other data than CIFAR-10 from a "
+                                 f"local .npz copy (sha256 {data.source['sha256'][:12]}…) ({listed}): move them to a "
+                                 "folder of their own, or pass another results_dir."):
+        claim_folder(tmp_path, data.source)
+
+
+def test_a_record_that_is_not_one_is_named_with_what_it_lacks(data, tmp_path):
+    record = run(TINY, data, tmp_path)
+    path = record_file(tmp_path, record)
+    write_json(path, {k: v for k, v in record.items() if k not in ("history", "seconds")})
+    with pytest.warns(UserWarning) as caught:
+        assert load_records(tmp_path) == []
+    assert caught[0].filename == __file__  # the warning points at the caller, who asked for the records
+    assert str(caught[0].message) == (
+        f"{path} is not a run record (ValueError: the record must contain ['history'] properties). Restore it (`git checkout -- "
+        f"{path}` if it is committed), or delete it to compute the run again.")
+
+
+def test_a_stray_record_is_named_with_where_it_belongs(data, tmp_path):
+    record = run(TINY, data, tmp_path)
+    stray = record_file(tmp_path, record).with_name("copy.json")
+    stray.write_bytes(record_file(tmp_path, record).read_bytes())
+    with pytest.warns(UserWarning) as caught:
+        assert [r["name"] for r in load_records(tmp_path)] == [record["name"]]
+    assert [str(w.message) for w in caught] == [
+        f"{stray} is a stray file: the record in it belongs at runs/lottery/{record['name']}.json (a copy, or a "
+        "renamed file?). It is left out, so no run counts twice; move it there, or delete it."]
+
+
+def test_masks_that_fail_their_checksum_are_named_with_the_fix(data, tmp_path):
+    record = run(TINY, data, tmp_path)
+    path = record_file(tmp_path, record, ".masks.npz")
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays[next(k for k in arrays if k.startswith("round1/"))] ^= 1  # one bit flipped
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    with refused(DamagedFile, f"{path} is damaged (ValueError: its content no longer matches its checksum). Restore "
+                              "it (`git checkout -- PATH` if it is committed), or compute the run again (force=True)."):
+        load_masks(tmp_path, record)
+
+
+def test_masks_of_another_run_are_named_with_what_differs(data, tmp_path):
+    record = run(TINY, data, tmp_path)
+    other = run(RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1, model="tiny", seed=1), data, tmp_path)
+    path = record_file(tmp_path, record, ".masks.npz")
+    path.write_bytes(record_file(tmp_path, other, ".masks.npz").read_bytes())
+    with refused(ResultMismatch, f"{path} holds the masks of another run than {record_file(tmp_path, record)} "
+                                 "(params.seed saved 1, asked None): restore the run's own masks, or compute the run "
+                                 "again (force=True)."):
+        load_masks(tmp_path, record)
+
+
+def test_a_phase0_file_that_is_not_a_torch_file_is_named_with_the_fix(data, tmp_path):
+    record = run(TINY, data, tmp_path)
+    path = phase0_path(tmp_path, TINY, resolved(FAST), record["data"])
+    path.write_bytes(b"not a torch file\nsecond line")
+    with pytest.raises(DamagedFile) as caught:
+        load_phase0(tmp_path, record)
+    kind, detail = re.fullmatch(rf"{re.escape(str(path))} is damaged \((\w+): (.*)\)\. Restore it \(`git checkout -- "
+                                r"PATH` if it is committed\), or delete it to train it again\.", str(caught.value)).groups()
+    assert kind == "UnpicklingError" and "\n" not in detail and 0 < len(detail) <= 120
+
+
+def test_a_missing_phase0_is_named_with_what_is_committed(data, tmp_path):
+    record = run(TINY, data, tmp_path)
+    path = phase0_path(tmp_path, TINY, resolved(FAST), record["data"])
+    path.unlink()
+    with refused(FileNotFoundError, f"{path} does not exist: the phase 0 of {record['name']} is not in this folder "
+                                    "(only the shared 5-epoch phases 0 are committed); run it again to recompute it."):
+        load_phase0(tmp_path, record)
