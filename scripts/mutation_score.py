@@ -51,6 +51,21 @@ EQUIVALENT: dict[str, str] = {  # mutant -> why no input can tell it from the or
     "helpers.x_augment__mutmut_32": RANDINT_LOW,
     "helpers.x_init_weight__mutmut_5": "kaiming_uniform_'s default, leaky_relu with slope 0, has relu's gain √2",
     "helpers.x_augment__mutmut_53": "a float32 uniform draw is exactly 0.5 with probability 2^-24: < and <= agree",
+    **dict.fromkeys(["lth.spec.xǁRunSpecǁof__mutmut_6", "lth.spec.xǁRunSpecǁof__mutmut_7"],
+                    "`experiment` is of()'s first argument: Python refuses it as a keyword, so no params hold it"),
+    **dict.fromkeys(["lth.spec.xǁRunSpecǁof__mutmut_30", "lth.spec.xǁRunSpecǁof__mutmut_34"],
+                    "build_model refuses an unregistered model before it reads the seed"),
+    **dict.fromkeys(["lth.spec.x_arm_label__mutmut_3", "lth.spec.x_arm_label__mutmut_5"],
+                    "a rewind_epoch read as None is falsy as 0 is: the same label"),
+    **dict.fromkeys([f"lth.data.x_sha256__mutmut_{n}" for n in (13, 15, 16)],
+                    "a file's digest is the same whatever the size of the blocks it is read in"),
+    **dict.fromkeys([f"lth.runs.x_own_phase0__mutmut_{n}" for n in (15, 17, 18)],
+                    "mmap changes how a file is read into memory, not what it holds"),
+    **dict.fromkeys(["lth.runs.xǁStoppedTimeǁwatch__mutmut_7", "lth.runs.xǁStoppedTimeǁwatch__mutmut_8"],
+                    "the watcher calls between() for its wake-up alone; the window only shapes a sum it drops"),
+    "lth.store.x_load_masks__mutmut_30": "only the prunable weights' shapes are read, which BatchNorm never changes",
+    "lth.store.x_load_phase0__mutmut_53": "a run without late rewinding has no epoch-0 rewind point file to find",
+    "lth.store.x_study_folder__mutmut_8": "a named folder is used as it is: the data only chooses a default folder",
 }
 
 # A device argument dropped (`device=None`, `.to(None)`, `Generator(None)`): on a machine without a GPU every tensor is
@@ -61,7 +76,8 @@ DEVICE_ONLY = {f"helpers.x_{name}" for name in [
     "keep_top__mutmut_10", "keep_top__mutmut_13", "prune_and_reset__mutmut_1", "prune_and_reset__mutmut_5",
     "prune_and_reset__mutmut_13", "lottery_ticket__mutmut_99", "lottery_ticket__mutmut_114",
     *(f"augment__mutmut_{n}" for n in (3, 13, 18, 30, 35, 46, 50, 58, 60, 64, 66, 77, 79, 81, 83)),
-    *(f"train__mutmut_{n}" for n in (7, 8, 9, 10, 12, 19, 26, 34, 100, 102, 105, 108))]}
+    *(f"train__mutmut_{n}" for n in (7, 8, 9, 10, 12, 19, 26, 34, 100, 102, 105, 108))]} | {
+    "lth.runs.x_replayed_exactly__mutmut_7", "lth.runs.x_notebook_setup__mutmut_9"}
 
 RESULTS = [f"{module.replace('.', '/')}.py.meta" for module in CORE]  # mutmut's results, a file per module
 SAVED = Path(__file__).parent / "mutmut_results"

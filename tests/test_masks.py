@@ -13,13 +13,15 @@ from lth.store import load_masks, masks_path
 
 
 class Odd(torch.nn.Module):
-    """Layers of 135 and 50 weights: 8 bits a byte leave a partial last byte."""
+    """Layers of 135 and 50 weights, so 8 bits a byte leave a partial last byte, and a module name holding a '/',
+    which the masks file also uses to put a round before a parameter name."""
     def __init__(self, batchnorm: bool = True, dropout: float = 0.0, num_classes: int = 10):
         super().__init__()
-        self.conv, self.fc = torch.nn.Conv2d(3, 5, 3), torch.nn.Linear(5, num_classes)
+        self.add_module("conv/3x3", torch.nn.Conv2d(3, 5, 3))
+        self.fc = torch.nn.Linear(5, num_classes)
 
     def forward(self, x):
-        return self.fc(self.conv(x).amax((2, 3)))
+        return self.fc(getattr(self, "conv/3x3")(x).amax((2, 3)))
 
 
 @pytest.mark.parametrize("model", ["cnn", "odd"])
