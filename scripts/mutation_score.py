@@ -66,6 +66,7 @@ EQUIVALENT: dict[str, str] = {  # mutant -> why no input can tell it from the or
     "lth.store.x_load_masks__mutmut_30": "only the prunable weights' shapes are read, which BatchNorm never changes",
     "lth.store.x_load_phase0__mutmut_53": "a run without late rewinding has no epoch-0 rewind point file to find",
     "lth.store.x_study_folder__mutmut_8": "a named folder is used as it is: the data only chooses a default folder",
+    "lth.verdicts.x_against_threshold__mutmut_17": "a difference of exactly 0 is 'at' before its sign is read",
 }
 
 # A device argument dropped (`device=None`, `.to(None)`, `Generator(None)`): on a machine without a GPU every tensor is

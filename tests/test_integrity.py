@@ -375,3 +375,38 @@ def test_every_load_of_a_saved_file_refuses_pickled_code():
     sources = [*(ROOT / "lth").glob("*.py"), ROOT / "run_all.py", *(ROOT / "scripts").glob("*.py")]
     loads = [(p.name, m) for p in sources for m in re.findall(r"torch\.load\((?:[^()]|\([^()]*\))*\)", p.read_text())]
     assert loads and all("weights_only=True" in m for _, m in loads), [x for x in loads if "weights_only" not in x[1]]
+
+
+def test_a_phase0_being_computed_elsewhere_is_waited_for_and_a_damaged_one_trained_again(data, tmp_path):
+    """load_or_train_phase0 waits on the lock named after the phase 0's file, saying so, and sets a damaged phase 0
+    aside saying that it is trained again."""
+    import threading
+
+    from lth.runs import load_or_train_phase0
+    from lth.store import phase0_path, run_lock
+    hp, cpu = resolved(), torch.device("cpu")
+    path = phase0_path(tmp_path, TINY, hp, data.source)
+    lock, held = run_lock(tmp_path, f"phase0-{path.stem}"), threading.Event()
+
+    def another_process():
+        with lock:
+            held.set()
+            time.sleep(0.5)
+    threading.Thread(target=another_process).start()
+    held.wait()
+    said = []
+    load_or_train_phase0(TINY, data, cpu, tmp_path, hp, False, said.append)
+    assert said[0] == f"phase 0 {path.stem}: another process is computing it; waiting for it to finish"
+    path.write_bytes(b"damaged")
+    said.clear()
+    load_or_train_phase0(TINY, data, cpu, tmp_path, hp, False, said.append)
+    assert said[0].startswith(f"WARNING: {path} is damaged (")
+    assert said[0].endswith(f"); set aside as {path.name}.damaged, phase 0 is trained again.")
+
+
+def test_every_epoch_names_the_device_that_trained_it_late_rewindings_phase0_included(data, tmp_path):
+    from dataclasses import replace
+
+    from lth.precision import describe_device
+    record = run(replace(TINY, epochs=2, phase0_of_late_rewind=1), data, tmp_path)
+    assert {e["device"] for e in record["history"]} == {describe_device(torch.device("cpu"), resolved().precision)}
