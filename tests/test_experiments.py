@@ -38,6 +38,16 @@ def test_a_tiny_run_ends_exactly_at_p(experiment, data, tmp_path):
     assert not checkpoint_path(tmp_path, spec, resolved()).exists()  # a finished run leaves no checkpoint
 
 
+def test_a_dense_baseline_is_its_phase_0_alone_and_saves_no_masks(data, tmp_path):
+    spec = RunSpec.of("baseline", epochs=2, model="tiny")
+    record = run(spec, data, tmp_path)
+    assert [(e["round"], e["cum_epoch"], e["sparsity"]) for e in record["history"]] == [(0, 1, 0.0), (0, 2, 0.0)]
+    assert record["final_sparsity"] == 0.0 and record["final_val_acc"] == record["history"][-1]["val_acc"]
+    assert sorted(p.name for p in record_path(tmp_path, spec, resolved()).parent.iterdir()) == [f"{record['name']}.json"]
+    assert not checkpoint_path(tmp_path, spec, resolved()).exists()
+    assert run(spec, data, tmp_path) == record  # done: loaded, not trained again
+
+
 def test_a_round_rewinds_or_reinitialises_the_survivors():
     torch.manual_seed(0)
     model = H.CNN()
