@@ -133,14 +133,14 @@ def main() -> int:
         env = {**os.environ, "LTH_TEST_THREADS": "1", "OMP_NUM_THREADS": "1"}
         # one mutant first: mutmut regenerates the mutants of changed functions and forgets their results, and
         # (without its saved stats) traces which tests reach which function again, tests added since included; then
-        # every core mutant without a result, the timeouts (a hang may have been the harness's) and the survivors, but
-        # not the equivalent ones, nor the device-only ones on a machine without CUDA
+        # every core mutant without a result, the timeouts (a hang may have been the harness's), those no test reached
+        # and the survivors, but not the equivalent ones, nor the device-only ones on a machine without CUDA
         Path("mutants/mutmut-stats.json").unlink(missing_ok=True)
         subprocess.run(["mutmut", "run", "helpers.x_prune__mutmut_1"], check=True, env=env)
         share_results()
         import torch
         gpu = torch.cuda.is_available()
-        retry = lambda k, v: v == "timeout" or v == "survived" and (gpu or k not in DEVICE_ONLY)
+        retry = lambda k, v: v in ("timeout", "no tests") or v == "survived" and (gpu or k not in DEVICE_ONLY)
         todo = [k for k, v in results().items()
                 if core.fullmatch(k) and (v == "not checked" or k not in EQUIVALENT and retry(k, v))]
         if todo:

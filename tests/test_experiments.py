@@ -12,6 +12,7 @@ from lth.batch import jobs, plan
 from lth.plots import plot_classic
 from lth.readme import results_markdown, write_readme_results
 from lth.report import classic_curve, findings, reading
+from lth.identity import run_name
 from lth.spec import ARMS, CLASSIC, RunSpec
 from lth.store import MANIFEST, checkpoint_path, record_file, record_path, write_json
 
@@ -46,6 +47,37 @@ def test_a_dense_baseline_is_its_phase_0_alone_and_saves_no_masks(data, tmp_path
     assert sorted(p.name for p in record_path(tmp_path, spec, resolved()).parent.iterdir()) == [f"{record['name']}.json"]
     assert not checkpoint_path(tmp_path, spec, resolved()).exists()
     assert run(spec, data, tmp_path) == record  # done: loaded, not trained again
+
+
+def test_a_run_says_what_it_will_train_each_phases_accuracy_and_where_a_resume_starts(data, tmp_path, capsys,
+                                                                                       monkeypatch):
+    import re
+
+    from conftest import dies_at_call
+    from lth.precision import describe_device
+    from lth.store import phase0_path
+    spec = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1, model="tiny")
+    hp = resolved()
+    name, device = run_name(spec, hp), describe_device(torch.device("cpu"), hp.precision)
+    with monkeypatch.context() as m:
+        dies_at_call(m, 3)  # round 2 dies
+        with pytest.raises(KeyboardInterrupt):
+            run(spec, data, tmp_path)
+    first = capsys.readouterr().out.splitlines()
+    record = run(spec, data, tmp_path)
+    resumed = capsys.readouterr().out.splitlines()
+    acc = [f"{e['val_acc']:.4f}" for e in record["history"]]
+    assert first[0] == resumed[0].replace(": 1 epochs", ": 3 epochs") == \
+        f"{name}: 3 epochs to train on {device}, precision {hp.precision}"
+    assert first[2:] == [f"{spec.name}: phase 0 (1 epochs dense): val_acc {acc[0]}",
+                         f"{name}: round 1/2 at sparsity 0.293: val_acc {acc[1]}"]
+    assert resumed[1:3] == [f"{spec.name}: phase 0 loaded from {phase0_path(tmp_path, spec, hp, data.source).name}",
+                            f"{name}: resumed after round 1"]
+    assert resumed[4:] == [f"{name}: round 2/2 at sparsity 0.500: val_acc {acc[2]}"]
+    for line, epochs in ((first[1], 3), (resumed[3], 1)):
+        seconds, minutes = re.fullmatch(rf"first epoch: (\d+\.\d) s, so about (\d+\.\d) min for the {epochs} epochs "
+                                        "of this run on this device", line).groups()
+        assert abs(float(seconds) * epochs / 60 - float(minutes)) <= 0.05 + 0.05 * epochs / 60
 
 
 def test_a_round_rewinds_or_reinitialises_the_survivors():
