@@ -9,10 +9,10 @@ import torch
 import helpers as H
 from conftest import fake_record, resolved, run, run_all
 from lth.batch import jobs, plan
+from lth.identity import run_name
 from lth.plots import plot_classic
 from lth.readme import results_markdown, write_readme_results
 from lth.report import classic_curve, findings, reading
-from lth.identity import run_name
 from lth.spec import ARMS, CLASSIC, RunSpec
 from lth.store import MANIFEST, checkpoint_path, record_file, record_path, write_json
 
@@ -44,7 +44,8 @@ def test_a_dense_baseline_is_its_phase_0_alone_and_saves_no_masks(data, tmp_path
     record = run(spec, data, tmp_path)
     assert [(e["round"], e["cum_epoch"], e["sparsity"]) for e in record["history"]] == [(0, 1, 0.0), (0, 2, 0.0)]
     assert record["final_sparsity"] == 0.0 and record["final_val_acc"] == record["history"][-1]["val_acc"]
-    assert sorted(p.name for p in record_path(tmp_path, spec, resolved()).parent.iterdir()) == [f"{record['name']}.json"]
+    folder = record_path(tmp_path, spec, resolved()).parent
+    assert sorted(p.name for p in folder.iterdir()) == [f"{record['name']}.json"]
     assert not checkpoint_path(tmp_path, spec, resolved()).exists()
     assert run(spec, data, tmp_path) == record  # done: loaded, not trained again
 

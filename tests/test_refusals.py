@@ -1,11 +1,9 @@
 """Every refusal says in full what was wrong and how to fix it. The message is what a user reads instead of a
 traceback, so each one is pinned whole here: a check that raises a vaguer error, or a different one, fails."""
 import re
-import warnings
 
 import numpy as np
 import pytest
-import torch
 
 import helpers as H
 from conftest import FAST, resolved, run
@@ -73,6 +71,48 @@ def test_a_bad_quick_flag_is_refused_before_any_data_is_read(fake_npz):
         load_data(fake_npz, quick="maybe")
 
 
+LABELS = "whole-number labels in 0..9 (fractional labels are not truncated for you)."
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(x_train=lambda x: x.astype(np.float32)), "x_train is float32 (256, 32, 32, 3); expected uint8 (N, 32, 32, "
+                                                   "3) images, N > 0."),
+    (dict(x_test=lambda x: x[..., 0]), "x_test is uint8 (128, 32, 32); expected uint8 (N, 32, 32, 3) images, N > 0."),
+    (dict(x_test=lambda x: x[:, :16]), "x_test is uint8 (128, 16, 32, 3); expected uint8 (N, 32, 32, 3) images, "
+                                       "N > 0."),
+    (dict(x_test=lambda x: x[:0]), "x_test is uint8 (0, 32, 32, 3); expected uint8 (N, 32, 32, 3) images, N > 0."),
+    (dict(y_train=lambda y: y[:, None]), f"y_train is int64 (256, 1) with values 0..9; expected 256 {LABELS}"),
+    (dict(y_train=lambda y: y[:-1]), f"y_train is int64 (255,) with values 0..9; expected 256 {LABELS}"),
+    (dict(y_test=lambda y: y + 0.5), f"y_test is float64 (128,) with values 0.5..9.5; expected 128 {LABELS}"),
+    (dict(y_test=lambda y: y - 1), f"y_test is int64 (128,) with values -1..8; expected 128 {LABELS}"),
+    (dict(y_test=lambda y: y + 1), f"y_test is int64 (128,) with values 1..10; expected 128 {LABELS}"),
+])
+def test_a_data_file_of_the_wrong_shape_or_labels_is_refused_saying_what_it_holds(change, message, tmp_path):
+    from conftest import fake_arrays
+    arrays = fake_arrays()
+    labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
+    assert labels.min() == 0 and labels.max() == 9  # the edges themselves are accepted
+    path = tmp_path / "wrong.npz"
+    np.savez(path, **{k: change.get(k, lambda v: v)(v) for k, v in arrays.items()})
+    with refused(H.DataError, f"{path}: {message}"):
+        load_data(path)
+
+
+def test_a_data_file_that_is_missing_unreadable_or_incomplete_is_refused_with_the_fix(tmp_path):
+    from conftest import fake_arrays
+    with refused(H.DataError, f"CIFAR-10 file {tmp_path / 'missing.npz'} does not exist. Point data_dir or "
+                              "$CIFAR10_DATA at an existing cifar10.npz or at a folder holding cifar-10-batches-py."):
+        load_data(tmp_path / "missing.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip file")
+    with pytest.raises(H.DataError, match=rf"^{re.escape(str(tmp_path / 'bad.npz'))} is not a readable \.npz file "
+                                          r"\(\w+Error: .+\)\. Re-copy it, or point data_dir at another copy\.$"):
+        load_data(tmp_path / "bad.npz")
+    np.savez(tmp_path / "part.npz", **{k: v for k, v in fake_arrays().items() if k not in ("y_train", "x_test")})
+    with refused(H.DataError, f"{tmp_path / 'part.npz'} lacks the array(s) ['y_train', 'x_test']; a CIFAR-10 .npz "
+                              "needs x_train, y_train, x_test, y_test."):
+        load_data(tmp_path / "part.npz")
+
+
 # ------------------------------------------------------------------------------------------------ the store
 
 
@@ -80,7 +120,8 @@ def test_a_manifest_that_is_not_one_is_named_with_the_fix(tmp_path):
     for content in ([], {"data": []}, {"data": {"subset": None}}):
         write_json(tmp_path / MANIFEST, content)
         with refused(DamagedFile, f"{tmp_path / MANIFEST} is not a results folder's manifest (it needs "
-                                  '{"data": {"sha256": ...}}). Restore it (`git checkout -- PATH` if it is committed).'):
+                                  '{"data": {"sha256": ...}}). Restore it (`git checkout -- PATH` if it is '
+                                  "committed)."):
             folder_data(tmp_path)
 
 
@@ -115,8 +156,8 @@ def test_a_record_that_is_not_one_is_named_with_what_it_lacks(data, tmp_path):
         assert load_records(tmp_path) == []
     assert not caught[0].filename.endswith("store.py")  # it points at the caller, who asked for the records
     assert str(caught[0].message) == (
-        f"{path} is not a run record (ValueError: the record must contain ['history'] properties). Restore it (`git checkout -- "
-        f"{path}` if it is committed), or delete it to compute the run again.")
+        f"{path} is not a run record (ValueError: the record must contain ['history'] properties). Restore it (`git "
+        f"checkout -- {path}` if it is committed), or delete it to compute the run again.")
 
 
 def test_a_stray_record_is_named_with_where_it_belongs(data, tmp_path):
@@ -161,7 +202,8 @@ def test_a_phase0_file_that_is_not_a_torch_file_is_named_with_the_fix(data, tmp_
     with pytest.raises(DamagedFile) as caught:
         load_phase0(tmp_path, record)
     kind, detail = re.fullmatch(rf"{re.escape(str(path))} is damaged \((\w+): (.*)\)\. Restore it \(`git checkout -- "
-                                r"PATH` if it is committed\), or delete it to train it again\.", str(caught.value)).groups()
+                                r"PATH` if it is committed\), or delete it to train it again\.",
+                                str(caught.value)).groups()
     assert kind == "UnpicklingError" and "\n" not in detail and 0 < len(detail) <= 120
 
 

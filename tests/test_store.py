@@ -1,14 +1,12 @@
 """The results store as lth/store.py's docstring lays it out: where each file of a run lies, what a masks file holds
 and how it reads back, which folder a summary reads, and every file refused by its path."""
 import fnmatch
-import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-import helpers as H
 from conftest import FAST, dies_at_call, name_of, resolved, run
 from lth.data import load_data
 from lth.files import save_atomic
