@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import helpers as H
-from conftest import FAST, run, starts_of_training
+from conftest import FAST, name_of, run, starts_of_training
 from lth import precision
 from lth.files import save_atomic
 from lth.runs import resolve_hparams, run_experiment
@@ -110,7 +110,8 @@ def test_a_replay_that_leaves_the_saved_phase0s_path_prunes_by_its_own_weights(d
     assert all(torch.equal(masks[r][k], m) for r in plain_masks for k, m in plain_masks[r].items())
 
 
-def test_a_phase0_trained_now_keeps_its_rewind_point_so_late_rewinding_shares_it(data, tmp_path, monkeypatch):
+def test_a_phase0_trained_now_keeps_its_rewind_point_so_late_rewinding_shares_it(data, tmp_path, monkeypatch,
+                                                                                   capsys):
     lottery = run(RunSpec.of("lottery", **SCHEDULE), data, tmp_path)
     starts = starts_of_training(monkeypatch)
     late = run(RunSpec.of("late_rewind", **SCHEDULE, rewind_epoch=1), data, tmp_path)
@@ -118,8 +119,12 @@ def test_a_phase0_trained_now_keeps_its_rewind_point_so_late_rewinding_shares_it
     first = lambda record: record["history"][:SCHEDULE["epochs"]]
     assert first(late) == first(lottery)
     # so rewinding to θ0 from late rewinding's phase 0 is the lottery run itself: loaded, nothing trains
-    partner = run(RunSpec.of("lottery", **SCHEDULE, phase0_of_late_rewind=1), data, tmp_path)
+    capsys.readouterr()
+    asked = RunSpec.of("lottery", **SCHEDULE, phase0_of_late_rewind=1)
+    partner = run(asked, data, tmp_path)
     assert partner == lottery and len(starts) == SCHEDULE["rounds"]
+    assert capsys.readouterr().out.splitlines()[1] == (  # after "phase 0 loaded from ..."
+        f"{name_of(asked)}: late rewinding's phase 0 is the shared one here, so this run is {lottery['name']}")
     assert not list((tmp_path / "runs" / "lottery").glob("*phase0late*"))
 
 

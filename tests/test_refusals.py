@@ -129,6 +129,8 @@ def test_a_folder_of_other_data_is_refused_naming_both_data_sets(data, tmp_path)
     other = {**data.source, "sha256": "f" * 64, "description": "other data"}
     claim_folder(tmp_path, other)
     assert folder_data(tmp_path) == {"data": {"sha256": "f" * 64, "subset": None}, "description": "other data"}
+    claim_folder(tmp_path / "bare", {"sha256": "e" * 64})  # a source without a description
+    assert folder_data(tmp_path / "bare") == {"data": {"sha256": "e" * 64, "subset": None}, "description": ""}
     with refused(ResultMismatch, f"{tmp_path} holds runs on other data: other data (sha256 ffffffffffff…), not "
                                  f"CIFAR-10 from a local .npz copy (sha256 {data.source['sha256'][:12]}…). One folder "
                                  "holds one data set, so nothing is mixed: leave results_dir unset (run_all.py "
