@@ -99,3 +99,13 @@ def test_phase0_keeps_the_rewind_points_the_plans_name_inside_it(monkeypatch):
     plan = (dict(CLASSIC, rewind_epoch=3), dict(CLASSIC, rewind_epoch=2), dict(CLASSIC, rewind_epoch=0))
     monkeypatch.setitem(ARMS, "late_rewind", replace(ARMS["late_rewind"], plan=plan))
     assert rewind_epochs(5) == (2, 3) and rewind_epochs(3) == (2,)
+
+
+def test_a_phase0s_identity_names_its_model_unless_it_is_the_labs_cnn():
+    """The default goes unnamed, so the committed phases 0 keep their identity; any other model is named in it."""
+    import helpers as H
+    from lth.identity import phase0_identity
+    flags = {"batchnorm": True, "dropout": 0.0, "epochs": 5, "seed": 0}
+    for model, named in (("cnn", {}), ("tiny", {"model": "tiny"})):
+        spec = RunSpec.of("lottery", sparsity=0.5, model=model)
+        assert phase0_identity(spec, H.HParams(), {"sha256": "a"})["model"] == flags | named

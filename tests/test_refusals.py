@@ -188,13 +188,28 @@ def test_masks_that_fail_their_checksum_are_named_with_the_fix(data, tmp_path):
 
 def test_masks_of_another_run_are_named_with_what_differs(data, tmp_path):
     record = run(TINY, data, tmp_path)
-    other = run(RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1, model="tiny", seed=1), data, tmp_path)
+    other = run(RunSpec.of("lottery", sparsity=0.4, rounds=2, epochs=1, model="tiny", seed=1), data, tmp_path)
     path = record_file(tmp_path, record, ".masks.npz")
     path.write_bytes(record_file(tmp_path, other, ".masks.npz").read_bytes())
     with refused(ResultMismatch, f"{path} holds the masks of another run than {record_file(tmp_path, record)} "
-                                 "(params.seed saved 1, asked None): restore the run's own masks, or compute the run "
-                                 "again (force=True)."):
+                                 "(params.seed saved 1, asked None; params.sparsity saved 0.4, asked 0.5): restore the "
+                                 "run's own masks, or compute the run again (force=True)."):
         load_masks(tmp_path, record)
+
+
+def test_a_file_that_cannot_be_read_is_named_with_the_first_line_of_why(data, tmp_path, monkeypatch):
+    import lth.store as store
+    record = run(TINY, data, tmp_path)
+
+    def unreadable(*args, **kwargs):
+        raise ValueError("x" * 130 + "\nthe rest of a long story")
+    monkeypatch.setattr(store.np, "load", unreadable)
+    monkeypatch.setattr(store, "load_pt", unreadable)
+    for load, fix in ((load_masks, "or compute the run again (force=True)."), (load_phase0, "or delete it to train "
+                                                                                            "it again.")):
+        with pytest.raises(DamagedFile, match=re.escape(f" is damaged (ValueError: {'x' * 120}). Restore it (`git "
+                                                        f"checkout -- PATH` if it is committed), {fix}") + "$"):
+            load(tmp_path, record)
 
 
 def test_a_phase0_file_that_is_not_a_torch_file_is_named_with_the_fix(data, tmp_path):
