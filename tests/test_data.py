@@ -111,9 +111,13 @@ def test_torchvision_downloads_only_into_data_or_a_named_folder_that_exists(fake
     assert load_data(fake_npz).source["description"] == "a re-encoded copy"
 
 
-def test_the_data_read_when_nothing_is_named_is_data_here(monkeypatch):
+def test_the_data_read_is_data_here_unless_named_and_a_torchvision_folder_wins_over_an_npz(tmp_path, monkeypatch):
     monkeypatch.delenv("CIFAR10_DATA", raising=False)
     assert data_path() == Path("data")
+    (tmp_path / "cifar10.npz").touch()
+    assert data_path(tmp_path) == tmp_path / "cifar10.npz"
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    assert data_path(tmp_path) == tmp_path
     assert data_identity({"sha256": "a", "subset": [2, 1], "file": "x"}) == {"sha256": "a", "subset": [2, 1]}
 
 
