@@ -55,7 +55,7 @@ def test_a_run_says_what_it_will_train_each_phases_accuracy_and_where_a_resume_s
     import re
 
     from conftest import dies_at_call
-    from lth.precision import describe_device
+    from lth.precision import describe_device, versions
     from lth.store import phase0_path
     spec = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1, model="tiny")
     hp = resolved()
@@ -75,6 +75,8 @@ def test_a_run_says_what_it_will_train_each_phases_accuracy_and_where_a_resume_s
     assert resumed[1:3] == [f"{spec.name}: phase 0 loaded from {phase0_path(tmp_path, spec, hp, data.source).name}",
                             f"{name}: resumed after round 1"]
     assert resumed[4:] == [f"{name}: round 2/2 at sparsity 0.500: val_acc {acc[2]}"]
+    assert record["seconds"] == sum(e["seconds"] for e in record["history"])  # its epochs', resumed ones included
+    assert record["versions"] == versions() and record["data"] == data.source
     for line, epochs in ((first[1], 3), (resumed[3], 1)):
         seconds, minutes = re.fullmatch(rf"first epoch: (\d+\.\d) s, so about (\d+\.\d) min for the {epochs} epochs "
                                         "of this run on this device", line).groups()

@@ -63,6 +63,14 @@ def test_flags_from_papermill_are_read_as_booleans_and_a_bad_one_is_named():
         RunSpec.of("lottery", sparsity=0.5, quick="maybe")
 
 
+@pytest.mark.parametrize("flag", ["progress", "force"])
+def test_a_runs_flags_are_checked_before_anything_is_written(flag, data, tmp_path):
+    from lth.runs import run_experiment
+    with refused(ValueError, MUST_BE_BOOL.format(f"{flag}='maybe'", flag)):
+        run_experiment(TINY, data, "cpu", tmp_path / "results", FAST, **{"progress": False, flag: "maybe"})
+    assert not (tmp_path / "results").exists()
+
+
 # ------------------------------------------------------------------------------------------------ data
 
 

@@ -148,3 +148,10 @@ def test_a_theta0_or_phase0_of_another_network_is_refused_by_its_path(data, tmp_
     save_atomic({"state": saved["state"]}, path)
     with pytest.raises(DamagedFile, match=f"^{path} carries no readable identity"):
         load_phase0(tmp_path, record)
+
+
+def test_a_run_without_a_named_folder_goes_to_its_datas_folder(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("LTH_RESULTS", str(tmp_path))
+    claim_folder(tmp_path / "results", {"sha256": "f" * 64})  # the default folder holds other data
+    record = run(TINY, data, None)
+    assert record_file(tmp_path / f"results_{data.source['sha256'][:12]}", record).exists()
