@@ -1,5 +1,7 @@
 """The paper's re-init control (the ticket's own masks, fresh values) and late rewinding (survivors back to their
 values after k epochs of phase 0), through `run_experiment` as the notebooks call it."""
+import re
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from lth.runs import resolve_hparams, run_experiment
 from lth.spec import RunSpec
 from lth.store import load_masks, load_phase0, load_theta0, phase0_path, rewind_point_path
 
-SCHEDULE = dict(sparsity=0.5, rounds=2, epochs=2)
+SCHEDULE = dict(sparsity=0.5, rounds=2, epochs=2, model="tiny")  # models/tiny.py: seconds a run
 HP = resolve_hparams(FAST, torch.device("cpu"))  # as run_experiment resolves it: the files are named by it
 
 
@@ -38,14 +40,18 @@ def test_the_fixed_mask_arm_trains_exactly_the_saved_masks_of_its_lottery_run_fr
 
 
 def test_the_fixed_mask_arm_without_its_lottery_run_says_which_to_run(data, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"lottery_p0.5_R2_E2_magnitude_rewind_bn1_do0_seed0.*run it first"):
-        run(RunSpec.of("fixed_mask", **SCHEDULE), data, tmp_path)
+    fixed = RunSpec.of("fixed_mask", **SCHEDULE)
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(
+            f"{name_of(fixed)} trains the masks of the lottery run {name_of(fixed.ticket_source)}, which is not "
+            f"finished in {tmp_path}: run it first (notebook 02 with sparsity=0.5, rounds=2, epochs=2, seed=0; "
+            "run_all.py runs 02 before 08).") + "$"):
+        run(fixed, data, tmp_path)
 
 
 def phase0_weights_at(data, epoch: int, epochs: int, seed: int = 0) -> tuple[dict, dict]:
     """An uninterrupted phase 0 as the procedure trains it (in the precision a run resolves "auto" to here), and its
     weights after `epoch` epochs."""
-    model, at = H.build_model(seed), {}
+    model, at = H.build_model(seed, model=SCHEDULE["model"]), {}
     with precision.kernels(torch.device("cpu"), HP.precision):
         H.train(model, data, epochs, None, H.phase_seed(seed, 0), "cpu", HP, progress=False,
                 on_epoch=lambda e: at.update(H.snapshot(model)) if e["epoch"] == epoch else None)
