@@ -67,6 +67,9 @@ EQUIVALENT: dict[str, str] = {  # mutant -> why no input can tell it from the or
     "lth.store.x_load_phase0__mutmut_53": "a run without late rewinding has no epoch-0 rewind point file to find",
     "lth.store.x_study_folder__mutmut_8": "a named folder is used as it is: the data only chooses a default folder",
     "lth.verdicts.x_against_threshold__mutmut_17": "a difference of exactly 0 is 'at' before its sign is read",
+    **dict.fromkeys([f"lth.runs.x_run_experiment__mutmut_{n}" for n in (31, 32, 33)],
+                    "print and tqdm.write put the same line on stdout; tqdm.write first clears a bar drawn on the same "
+                    "terminal line, which no captured stream has"),
 }
 
 # A device argument dropped (`device=None`, `.to(None)`, `Generator(None)`): on a machine without a GPU every tensor is
@@ -78,7 +81,7 @@ DEVICE_ONLY = {f"helpers.x_{name}" for name in [
     "prune_and_reset__mutmut_13", "lottery_ticket__mutmut_99", "lottery_ticket__mutmut_114",
     *(f"augment__mutmut_{n}" for n in (3, 13, 18, 30, 35, 46, 50, 58, 60, 64, 66, 77, 79, 81, 83)),
     *(f"train__mutmut_{n}" for n in (7, 8, 9, 10, 12, 19, 26, 34, 100, 102, 105, 108))]} | {
-    "lth.runs.x_replayed_exactly__mutmut_7", "lth.runs.x_notebook_setup__mutmut_9"}
+    "lth.runs.x_replayed_exactly__mutmut_7", "lth.runs.x_notebook_setup__mutmut_9", "lth.runs.x_run_experiment__mutmut_4"}
 
 RESULTS = [f"{module.replace('.', '/')}.py.meta" for module in CORE]  # mutmut's results, a file per module
 SAVED = Path(__file__).parent / "mutmut_results"

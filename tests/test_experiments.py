@@ -304,3 +304,12 @@ def test_the_cluster_names_the_inputs_of_every_job_of_the_plan(data, tmp_path):
     masks.write_bytes(b"masks")
     for spec in specs:
         assert (masks in inputs_of(study, spec)) == (spec.strategy == "ticket")
+
+
+def test_a_run_draws_progress_bars_unless_asked_not_to(data, tmp_path, capsys):
+    from lth.runs import run_experiment
+    spec = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1, model="tiny")
+    run_experiment(spec, data, "cpu", tmp_path / "shown", resolved())
+    assert "dense" in capsys.readouterr().err
+    run_experiment(spec, data, "cpu", tmp_path / "quiet", resolved(), progress=False)
+    assert capsys.readouterr().err == ""

@@ -410,3 +410,13 @@ def test_every_epoch_names_the_device_that_trained_it_late_rewindings_phase0_inc
     from lth.precision import describe_device
     record = run(replace(TINY, epochs=2, phase0_of_late_rewind=1), data, tmp_path)
     assert {e["device"] for e in record["history"]} == {describe_device(torch.device("cpu"), resolved().precision)}
+
+
+def test_every_phase_of_a_bf16_run_is_computed_in_bf16_late_rewindings_phase0_included(data, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from lth import precision
+    asked, on_fp32_kernels = [], precision.bf16_on_fp32_kernels  # what kernels() is asked for, each phase
+    monkeypatch.setattr(precision, "bf16_on_fp32_kernels", lambda dev, p: asked.append(p) or on_fp32_kernels(dev, p))
+    record = run(replace(TINY, epochs=2, phase0_of_late_rewind=1), data, tmp_path, replace(FAST, precision="bf16"))
+    assert record["hparams"]["precision"] == "bf16" and asked and set(asked) == {"bf16"}
