@@ -15,8 +15,10 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -134,7 +136,11 @@ def main() -> int:
     if p.parse_args().run:
         # one thread a test process: mutmut forks a child per mutant, and a child forked while torch's OpenMP pool
         # runs deadlocks at its first parallel op (every mutant that reached torch timed out with two threads)
-        env = {**os.environ, "LTH_TEST_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        # and a default results folder outside mutants/: a mutant that loses a test's results_dir writes a run there,
+        # and in mutants/results it would be read as the committed study by every later mutant's tests
+        env = {**os.environ, "LTH_TEST_THREADS": "1", "OMP_NUM_THREADS": "1",
+               "LTH_RESULTS": tempfile.mkdtemp(prefix="mutmut-results-")}
+        shutil.rmtree("mutants/results", ignore_errors=True)
         # one mutant first: mutmut regenerates the mutants of changed functions and forgets their results, and
         # (without its saved stats) traces which tests reach which function again, tests added since included; then
         # every core mutant without a result, the timeouts (a hang may have been the harness's), those no test reached
