@@ -307,8 +307,9 @@ def test_the_cluster_names_the_inputs_of_every_job_of_the_plan(data, tmp_path):
 
 
 def test_a_run_draws_progress_bars_unless_asked_not_to(data, tmp_path, capsys):
+    """A run that prunes by late rewinding's phase 0 trains that phase 0 first: with bars too."""
     from lth.runs import run_experiment
-    spec = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1, model="tiny")
+    spec = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=2, model="tiny", phase0_of_late_rewind=1)
     run_experiment(spec, data, "cpu", tmp_path / "shown", resolved())
     assert "dense" in capsys.readouterr().err
     run_experiment(spec, data, "cpu", tmp_path / "quiet", resolved(), progress=False)

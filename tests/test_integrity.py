@@ -420,3 +420,19 @@ def test_every_phase_of_a_bf16_run_is_computed_in_bf16_late_rewindings_phase0_in
     monkeypatch.setattr(precision, "bf16_on_fp32_kernels", lambda dev, p: asked.append(p) or on_fp32_kernels(dev, p))
     record = run(replace(TINY, epochs=2, phase0_of_late_rewind=1), data, tmp_path, replace(FAST, precision="bf16"))
     assert record["hparams"]["precision"] == "bf16" and asked and set(asked) == {"bf16"}
+
+
+def test_late_rewindings_phase0_trained_for_a_partner_run_reports_its_epochs_and_device(data, tmp_path, capsys):
+    """load_or_train_phase0 of a run that prunes by late rewinding's phase 0, in a folder without it: that phase 0
+    trains with the caller's progress bar, epoch callback and device name, and the partner starts from θ0."""
+    from dataclasses import replace
+
+    from lth.runs import load_or_train_phase0
+    from lth.store import load_theta0
+    spec, epochs = replace(TINY, epochs=2, phase0_of_late_rewind=1), []
+    reset_point, _, history = load_or_train_phase0(spec, data, torch.device("cpu"), tmp_path, resolved(), True,
+                                                   print, epochs.append, "a device")
+    assert [e["epoch"] for e in epochs] == [1, 2] and {e["device"] for e in history} == {"a device"}
+    assert "dense" in capsys.readouterr().err
+    theta0 = load_theta0(tmp_path, spec)
+    assert all(torch.equal(reset_point[k], v) for k, v in theta0.items())

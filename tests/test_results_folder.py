@@ -2,6 +2,7 @@
 run never touches the published study, masks and phases 0 carry their identity, every damaged file is named, and
 the runner's small defects stay fixed. One test (at least) per defect found by probing, each seen failing before
 its fix."""
+import contextlib
 import json
 import shutil
 import stat
@@ -214,6 +215,25 @@ def test_auto_keeps_the_precision_of_an_interrupted_run(data, tmp_path, monkeypa
     saved = ckpt.read_bytes()
     other = run(TINY, data, tmp_path, replace(FAST, precision="bf16"))  # another precision: a run of its own
     assert other["hparams"]["precision"] == "bf16" and ckpt.read_bytes() == saved
+
+
+@pytest.mark.parametrize("kept", ["its record", "its checkpoint", "its phase 0"])
+def test_auto_takes_the_precision_of_each_kind_of_file_a_folder_holds(kept, data, tmp_path, monkeypatch):
+    fp32 = replace(FAST, precision="fp32")
+    with monkeypatch.context() as m:
+        if kept != "its record":
+            dies_at_call(m, 3)  # dies in round 2: its phase 0 and a checkpoint after round 1 are saved
+        with pytest.raises(KeyboardInterrupt) if kept != "its record" else contextlib.nullcontext():
+            run(TINY, data, tmp_path, fp32)
+    for path in tmp_path.glob("checkpoints/**/*.pt"):
+        if not (kept == "its phase 0" and path.parent.name == "phase0" or kept == "its checkpoint"
+                and path.parent.name == "checkpoints"):
+            path.unlink()
+    monkeypatch.setattr("lth.precision.pick_precision", lambda dev: "bf16")  # what this device alone would pick
+    assert resolve_hparams(replace(FAST, precision="auto"), torch.device("cpu"), tmp_path).precision == "fp32"
+    assert resolve_hparams(replace(FAST, precision="auto"), torch.device("cpu"), tmp_path / "new").precision == "bf16"
+    if kept == "its checkpoint":  # and the run asked with "auto" resumes in it
+        assert run(TINY, data, tmp_path, replace(FAST, precision="auto"))["hparams"]["precision"] == "fp32"
 
 
 # E. Every file a notebook reads is named when it cannot be read, and the rest goes on.

@@ -291,3 +291,27 @@ def test_the_compute_line_lists_each_machine_once_and_counts_an_unmeasured_stop_
     assert line.startswith("Compute: 11.50 hours of training in these records")
     assert "by machine: AMD EPYC (CPU) 11.50 h." in line  # one machine, whatever its threads
     assert "1 epochs timed before stops were measured held a stop of unknown length" in line
+
+
+def test_the_first_epoch_alone_says_how_long_the_run_should_take():
+    from lth.runs import first_epoch_eta
+    said = []
+    on_epoch = first_epoch_eta(12, said.append)
+    on_epoch({"seconds": 100.0})
+    on_epoch({"seconds": 1.0})
+    assert said == ["first epoch: 100.0 s, so about 20.0 min for the 12 epochs of this run on this device"]
+
+
+@pytest.mark.parametrize("stopped", [0.0, 0.5, 2.0])
+def test_an_epoch_loses_the_time_the_process_was_stopped_in_it_and_says_so(stopped, monkeypatch):
+    import lth.runs as runs
+    asked, got = [], []
+
+    class Stops:
+        def between(self, start, end):
+            asked.append(end - start)
+            return stopped
+    monkeypatch.setattr(runs, "STOPPED", Stops())
+    runs.running_time(got.append)({"epoch": 1, "seconds": 10.0})
+    assert asked == [pytest.approx(10.0)]  # the window is the epoch's own: its seconds, ending now
+    assert got == [{"epoch": 1, "seconds": 10.0 - stopped, **({"stopped_seconds": stopped} if stopped else {})}]
