@@ -139,9 +139,12 @@ def main() -> int:
         # one thread a test process: mutmut forks a child per mutant, and a child forked while torch's OpenMP pool
         # runs deadlocks at its first parallel op (every mutant that reached torch timed out with two threads)
         # and a default results folder outside mutants/: a mutant that loses a test's results_dir writes a run there,
-        # and in mutants/results it would be read as the committed study by every later mutant's tests
+        # and in mutants/results it would be read as the committed study by every later mutant's tests; each test
+        # session's temporary folders go when it ends (pytest keeps the last three sessions', but the sessions of
+        # mutmut's forked children left theirs, and they filled this machine's disk)
         env = {**os.environ, "LTH_TEST_THREADS": "1", "OMP_NUM_THREADS": "1",
-               "LTH_RESULTS": tempfile.mkdtemp(prefix="mutmut-results-")}
+               "LTH_RESULTS": tempfile.mkdtemp(prefix="mutmut-results-"),
+               "PYTEST_ADDOPTS": "-o tmp_path_retention_policy=none"}
         shutil.rmtree("mutants/results", ignore_errors=True)
         # one mutant first: mutmut regenerates the mutants of changed functions and forgets their results, and
         # (without its saved stats) traces which tests reach which function again, tests added since included; then
