@@ -86,7 +86,7 @@ DEVICE_ONLY = {f"helpers.x_{name}" for name in [
     *(f"augment__mutmut_{n}" for n in (3, 13, 18, 30, 35, 46, 50, 58, 60, 64, 66, 77, 79, 81, 83)),
     *(f"train__mutmut_{n}" for n in (7, 8, 9, 10, 12, 19, 26, 34, 100, 102, 105, 108))]} | {
     "lth.runs.x_replayed_exactly__mutmut_7", "lth.runs.x_notebook_setup__mutmut_9",
-    "lth.runs.x_run_experiment__mutmut_4"}
+    *(f"lth.runs.x_run_experiment__mutmut_{n}" for n in (4, 56, 78))}
 
 RESULTS = [f"{module.replace('.', '/')}.py.meta" for module in CORE]  # mutmut's results, a file per module
 SAVED = Path(__file__).parent / "mutmut_results"

@@ -131,6 +131,8 @@ def test_a_phase0_trained_now_keeps_its_rewind_point_so_late_rewinding_shares_it
     assert partner == lottery and len(starts) == SCHEDULE["rounds"]
     assert capsys.readouterr().out.splitlines()[1] == (  # after "phase 0 loaded from ..."
         f"{name_of(asked)}: late rewinding's phase 0 is the shared one here, so this run is {lottery['name']}")
+    forced = run(asked, data, tmp_path, force=True)  # forced, the plain run it is trains its rounds again
+    assert len(starts) == 2 * SCHEDULE["rounds"] and forced["name"] == lottery["name"]
     assert not list((tmp_path / "runs" / "lottery").glob("*phase0late*"))
 
 

@@ -1,11 +1,13 @@
 """Results integrity: a saved result is reused only for the run asked, resumes are exact, nothing is destroyed,
 damaged files are named, and concurrent writers do not clash. One test (at least) per defect found by probing."""
+import contextlib
 import json
 import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 import torch
 
 import helpers as H
-from conftest import FAST, dies_at_call, fake_arrays, resolved, run
+from conftest import FAST, dies_at_call, fake_arrays, name_of, resolved, run
 from lth.data import load_data, subset
 from lth.identity import DamagedFile, ResultMismatch, run_name
 from lth.runs import resolve_hparams
@@ -377,25 +379,40 @@ def test_every_load_of_a_saved_file_refuses_pickled_code():
     assert loads and all("weights_only=True" in m for _, m in loads), [x for x in loads if "weights_only" not in x[1]]
 
 
-def test_a_phase0_being_computed_elsewhere_is_waited_for_and_a_damaged_one_trained_again(data, tmp_path):
-    """load_or_train_phase0 waits on the lock named after the phase 0's file, saying so, and sets a damaged phase 0
-    aside saying that it is trained again."""
-    import threading
-
-    from lth.runs import load_or_train_phase0
-    from lth.store import phase0_path, run_lock
-    hp, cpu = resolved(), torch.device("cpu")
-    path = phase0_path(tmp_path, TINY, hp, data.source)
-    lock, held = run_lock(tmp_path, f"phase0-{path.stem}"), threading.Event()
+@contextlib.contextmanager
+def held_elsewhere(lock, seconds: float = 0.5):
+    """`lock` taken by another thread for `seconds`, as another process would hold it, from the start of the block."""
+    held = threading.Event()
 
     def another_process():
         with lock:
             held.set()
-            time.sleep(0.5)
-    threading.Thread(target=another_process).start()
+            time.sleep(seconds)
+    thread = threading.Thread(target=another_process)
+    thread.start()
     held.wait()
+    yield
+    thread.join()
+
+
+def test_a_run_being_computed_elsewhere_is_waited_for_and_said(data, tmp_path, capsys):
+    from lth.store import run_lock
+    with held_elsewhere(run_lock(tmp_path, name_of(TINY))):
+        run(TINY, data, tmp_path)
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{name_of(TINY)}: another process is computing it; waiting for it to finish")
+
+
+def test_a_phase0_being_computed_elsewhere_is_waited_for_and_a_damaged_one_trained_again(data, tmp_path):
+    """load_or_train_phase0 waits on the lock named after the phase 0's file, saying so, and sets a damaged phase 0
+    aside saying that it is trained again."""
+    from lth.runs import load_or_train_phase0
+    from lth.store import phase0_path, run_lock
+    hp, cpu = resolved(), torch.device("cpu")
+    path = phase0_path(tmp_path, TINY, hp, data.source)
     said = []
-    load_or_train_phase0(TINY, data, cpu, tmp_path, hp, False, said.append)
+    with held_elsewhere(run_lock(tmp_path, f"phase0-{path.stem}")):
+        load_or_train_phase0(TINY, data, cpu, tmp_path, hp, False, said.append)
     assert said[0] == f"phase 0 {path.stem}: another process is computing it; waiting for it to finish"
     path.write_bytes(b"damaged")
     said.clear()
