@@ -37,6 +37,7 @@ BROADCAST = "a (3, 1, 1) view broadcasts over an NCHW batch exactly as (1, 3, 1,
 MOVED_AGAIN = "train() moves the model and the data to its device itself, so a move left out before it changes nothing"
 ZERO_GRAD = ("zero_grad zeroes the gradients in place instead of freeing them; every parameter gets a gradient each "
              "step, and 0 + g is g, so the step is the same (only memory differs)")
+NO_EPOCH0_POINT = "a run without late rewinding has no epoch-0 rewind point file to find"
 RANDINT_LOW = "torch.randint(high, size) is torch.randint(0, high, size): the same draws from the same generator"
 EQUIVALENT: dict[str, str] = {  # mutant -> why no input can tell it from the original
     "helpers.x_keep_top__mutmut_18": TOPK_ORDER,
@@ -63,12 +64,15 @@ EQUIVALENT: dict[str, str] = {  # mutant -> why no input can tell it from the or
                     "a file's digest is the same whatever the size of the blocks it is read in"),
     **dict.fromkeys([f"lth.runs.x_{f}__mutmut_{n}" for f in ("own_phase0", "saved_precisions") for n in (15, 17, 18)],
                     "mmap changes how a file is read into memory, not what it holds"),
+    **dict.fromkeys(["lth.runs.x_run_experiment__mutmut_292", "lth.runs.x_run_experiment__mutmut_301"],
+                    "run_experiment's device_name is describe_device(dev, precision), load_or_train_phase0's fallback"),
+    "lth.runs.x_load_or_train_phase0__mutmut_73": NO_EPOCH0_POINT,
     **dict.fromkeys(["lth.runs.x_first_epoch_eta__mutmut_3", "lth.runs.x_first_epoch_eta__mutmut_4"],
                     "a list holding any element is true: what it holds is never read"),
     **dict.fromkeys(["lth.runs.xǁStoppedTimeǁwatch__mutmut_7", "lth.runs.xǁStoppedTimeǁwatch__mutmut_8"],
                     "the watcher calls between() for its wake-up alone; the window only shapes a sum it drops"),
     "lth.store.x_load_masks__mutmut_30": "only the prunable weights' shapes are read, which BatchNorm never changes",
-    "lth.store.x_load_phase0__mutmut_53": "a run without late rewinding has no epoch-0 rewind point file to find",
+    "lth.store.x_load_phase0__mutmut_53": NO_EPOCH0_POINT,
     "lth.store.x_study_folder__mutmut_8": "a named folder is used as it is: the data only chooses a default folder",
     "lth.verdicts.x_against_threshold__mutmut_17": "a difference of exactly 0 is 'at' before its sign is read",
     **dict.fromkeys([f"lth.runs.x_run_experiment__mutmut_{n}" for n in (31, 32, 33)],
@@ -86,7 +90,8 @@ DEVICE_ONLY = {f"helpers.x_{name}" for name in [
     *(f"augment__mutmut_{n}" for n in (3, 13, 18, 30, 35, 46, 50, 58, 60, 64, 66, 77, 79, 81, 83)),
     *(f"train__mutmut_{n}" for n in (7, 8, 9, 10, 12, 19, 26, 34, 100, 102, 105, 108))]} | {
     "lth.runs.x_replayed_exactly__mutmut_7", "lth.runs.x_notebook_setup__mutmut_9",
-    *(f"lth.runs.x_run_experiment__mutmut_{n}" for n in (4, 56, 78))}
+    *(f"lth.runs.x_run_experiment__mutmut_{n}" for n in (4, 56, 78, 286, 302, 308, 318)),
+    "lth.runs.x_load_or_train_phase0__mutmut_5"}
 
 RESULTS = [f"{module.replace('.', '/')}.py.meta" for module in CORE]  # mutmut's results, a file per module
 SAVED = Path(__file__).parent / "mutmut_results"

@@ -60,7 +60,7 @@ def phase0_weights_at(data, epoch: int, epochs: int, seed: int = 0) -> tuple[dic
 
 @pytest.mark.parametrize("phase0", ["trained with it", "replayed"])
 def test_a_rewind_point_equals_the_weights_of_an_uninterrupted_phase0_at_that_epoch(phase0, data, tmp_path,
-                                                                                    monkeypatch):
+                                                                                    monkeypatch, capsys):
     spec = RunSpec.of("late_rewind", **SCHEDULE, rewind_epoch=1)
     if phase0 == "replayed":  # a phase 0 saved before rewind points were, by a run that rewinds to θ0
         run(RunSpec.of("lottery", **SCHEDULE), data, tmp_path)
@@ -78,6 +78,9 @@ def test_a_rewind_point_equals_the_weights_of_an_uninterrupted_phase0_at_that_ep
     assert all(torch.equal(saved[k], v) for k, v in final.items())  # phase 0 itself is unchanged
     if phase0 == "replayed":
         assert phase0_path(tmp_path, spec, HP, data.source).read_bytes() == before
+        assert f"{spec.name}: replaying phase 0 (2 epochs) to keep its weights after epoch 1" in \
+            capsys.readouterr().out.splitlines()
+    assert "phase0" not in point  # the replay ended on the saved weights: that phase 0 is the run's own
     masks = load_masks(tmp_path, record)[1]  # round 1 starts from the rewind point, masked
     round1 = starts[-2]
     for name, v in expected.items():

@@ -31,6 +31,7 @@ def test_a_tiny_run_ends_exactly_at_p(experiment, data, tmp_path):
     assert record["final_sparsity"] == sum(round(0.5 * w.numel()) for w in H.prunable_weights(H.CNN()).values()) / \
         sum(w.numel() for w in H.prunable_weights(H.CNN()).values())
     assert [e["round"] for e in record["history"]] == [0, 1, 2, 3]
+    assert record["final_val_acc"] == record["history"][-1]["val_acc"]
     assert [e["cum_epoch"] for e in record["history"]] == [1, 2, 3, 4]
     assert np.allclose([e["sparsity"] for e in record["history"][1:]], H.round_sparsities(0.5, 3), atol=1e-4)
     assert record["params"]["strategy"] == ARMS[experiment].defaults["strategy"]
@@ -309,8 +310,11 @@ def test_the_cluster_names_the_inputs_of_every_job_of_the_plan(data, tmp_path):
 def test_a_run_draws_progress_bars_unless_asked_not_to(data, tmp_path, capsys):
     """A run that prunes by late rewinding's phase 0 trains that phase 0 first: with bars too."""
     from lth.runs import run_experiment
-    spec = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=2, model="tiny", phase0_of_late_rewind=1)
+    spec = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=2, model="tiny")
     run_experiment(spec, data, "cpu", tmp_path / "shown", resolved())
+    bars = capsys.readouterr().err
+    assert "dense" in bars and "round 2/2" in bars
+    run_experiment(replace(spec, phase0_of_late_rewind=1), data, "cpu", tmp_path / "partner", resolved())
     assert "dense" in capsys.readouterr().err
     run_experiment(spec, data, "cpu", tmp_path / "quiet", resolved(), progress=False)
     assert capsys.readouterr().err == ""

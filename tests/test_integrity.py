@@ -453,3 +453,80 @@ def test_late_rewindings_phase0_trained_for_a_partner_run_reports_its_epochs_and
     assert "dense" in capsys.readouterr().err
     theta0 = load_theta0(tmp_path, spec)
     assert all(torch.equal(reset_point[k], v) for k, v in theta0.items())
+
+
+def test_a_run_stopped_between_its_record_and_its_masks_is_finished_from_its_checkpoint(data, tmp_path, monkeypatch):
+    import lth.runs as runs
+    whole = run(TINY, data, tmp_path / "whole")
+    finish_run = runs.finish_run
+    with monkeypatch.context() as m:
+        m.setattr(runs, "finish_run", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))  # killed right there
+        with pytest.raises(KeyboardInterrupt):
+            run(TINY, data, tmp_path)
+    assert record_path(tmp_path, TINY, resolved()).exists() and checkpoint_path(tmp_path, TINY, resolved()).exists()
+    finished = []
+    monkeypatch.setattr(runs, "finish_run", lambda *a: finished.append(a) or finish_run(*a))
+    record = run(TINY, data, tmp_path)
+    assert len(finished) == 1 and not checkpoint_path(tmp_path, TINY, resolved()).exists()
+    masks, expected = load_masks(tmp_path, record), load_masks(tmp_path / "whole", whole)
+    assert all(torch.equal(masks[r][k], v) for r in expected for k, v in expected[r].items())
+    run(TINY, data, tmp_path)
+    assert len(finished) == 1  # finished: nothing to finish again
+
+
+def test_a_forced_rerun_resumes_its_own_checkpoint_and_overwrites_one_of_other_settings(data, tmp_path, monkeypatch):
+    from dataclasses import replace
+    spec = replace(TINY, epochs=2)  # phases of two epochs: a checkpoint's last history entry is not its second
+    run(spec, data, tmp_path)
+    with monkeypatch.context() as m:
+        dies_at_call(m, 2)  # the forced rerun (phase 0 loaded) dies in round 2: its checkpoint holds round 1
+        with pytest.raises(KeyboardInterrupt):
+            run(spec, data, tmp_path, force=True)
+    calls = []
+    with monkeypatch.context() as m:
+        train = H.train
+        m.setattr(H, "train", lambda *a, **k: calls.append(k.get("desc")) or train(*a, **k))
+        run(spec, data, tmp_path, force=True)
+    assert calls == ["round 2/2"]  # resumed after round 1
+    ckpt = checkpoint_path(tmp_path, spec, resolved())
+    with monkeypatch.context() as m:
+        dies_at_call(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            run(spec, data, tmp_path, force=True)
+    saved = torch.load(ckpt)
+    saved["identity"]["hparams"]["lr"] = 0.5  # a checkpoint of other settings under this run's name
+    save_atomic(saved, ckpt)
+    assert run(spec, data, tmp_path, force=True)["hparams"]["lr"] == resolved().lr  # computed afresh
+
+
+def test_a_record_or_checkpoint_that_is_not_the_run_asked_is_named_by_its_path(data, tmp_path, monkeypatch):
+    record = run(TINY, data, tmp_path)
+    out = record_path(tmp_path, TINY, resolved())
+    write_json(out, {**record, "hparams": {**record["hparams"], "lr": 0.5}})
+    with pytest.raises(ResultMismatch, match=f"^{out} was made with other settings than asked"):
+        run(TINY, data, tmp_path)
+    out.unlink()
+    spec = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1, model="tiny", seed=3)
+    dies_at_call(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, data, tmp_path)
+    monkeypatch.undo()
+    ckpt = checkpoint_path(tmp_path, spec, resolved())
+    save_atomic({k: v for k, v in torch.load(ckpt).items() if k != "identity"}, ckpt)
+    with pytest.raises(DamagedFile, match=f"^{ckpt} carries no readable identity"):
+        run(spec, data, tmp_path)
+
+
+def test_a_damaged_rewind_point_is_set_aside_and_taken_again(data, tmp_path, capsys):
+    from dataclasses import replace
+
+    from lth.store import rewind_point_path
+    late = RunSpec.of("late_rewind", sparsity=0.5, rounds=2, epochs=2, model="tiny", rewind_epoch=1)
+    run(late, data, tmp_path)
+    point = rewind_point_path(tmp_path, late, resolved(), data.source)
+    point.write_bytes(b"damaged")
+    capsys.readouterr()
+    run(replace(late, sparsity=0.4), data, tmp_path)  # another run from that phase 0 and rewind point
+    said = capsys.readouterr().out
+    assert f"WARNING: {point} is damaged (" in said
+    assert f"); set aside as {point.name}.damaged, it is taken again." in said

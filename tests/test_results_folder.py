@@ -261,9 +261,12 @@ def test_a_damaged_byte_in_a_binary_file_is_never_read_as_a_weight(kind, data, t
             dies_at_call(m, 3)
             with pytest.raises(KeyboardInterrupt):
                 run(spec, data, tmp_path)
-        flip_middle(checkpoint_path(tmp_path, spec, resolved()))
+        ckpt = checkpoint_path(tmp_path, spec, resolved())
+        flip_middle(ckpt)
         resumed = run(spec, data, tmp_path)
-        assert "is damaged" in capsys.readouterr().out  # set aside: the run restarts after its phase 0
+        said = capsys.readouterr().out
+        assert f"WARNING: {ckpt} is damaged (" in said
+        assert f"); set aside as {ckpt.name}.damaged, the run restarts after its phase 0.\n" in said
         again = run(spec, data, tmp_path / "uninterrupted")
         numbers = lambda r: [(e["round"], e["val_acc"], e["train_loss"]) for e in r["history"]]
         assert numbers(resumed) == numbers(again)
