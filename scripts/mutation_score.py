@@ -91,7 +91,7 @@ DEVICE_ONLY = {f"helpers.x_{name}" for name in [
     *(f"train__mutmut_{n}" for n in (7, 8, 9, 10, 12, 19, 26, 34, 100, 102, 105, 108))]} | {
     "lth.runs.x_replayed_exactly__mutmut_7", "lth.runs.x_notebook_setup__mutmut_9",
     *(f"lth.runs.x_run_experiment__mutmut_{n}" for n in (4, 56, 78, 286, 302, 308, 318)),
-    "lth.runs.x_load_or_train_phase0__mutmut_5"}
+    *(f"lth.runs.x_load_or_train_phase0__mutmut_{n}" for n in (5, 229, 237))}
 
 RESULTS = [f"{module.replace('.', '/')}.py.meta" for module in CORE]  # mutmut's results, a file per module
 SAVED = Path(__file__).parent / "mutmut_results"
