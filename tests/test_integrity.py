@@ -474,7 +474,8 @@ def test_a_run_stopped_between_its_record_and_its_masks_is_finished_from_its_che
     assert len(finished) == 1  # finished: nothing to finish again
 
 
-def test_a_forced_rerun_resumes_its_own_checkpoint_and_overwrites_one_of_other_settings(data, tmp_path, monkeypatch):
+def test_a_forced_rerun_resumes_its_own_checkpoint_and_overwrites_one_of_other_settings(data, tmp_path, monkeypatch,
+                                                                                         capsys):
     from dataclasses import replace
     spec = replace(TINY, epochs=2)  # phases of two epochs: a checkpoint's last history entry is not its second
     run(spec, data, tmp_path)
@@ -486,8 +487,12 @@ def test_a_forced_rerun_resumes_its_own_checkpoint_and_overwrites_one_of_other_s
     with monkeypatch.context() as m:
         train = H.train
         m.setattr(H, "train", lambda *a, **k: calls.append(k.get("desc")) or train(*a, **k))
+        capsys.readouterr()
         run(spec, data, tmp_path, force=True)
-    assert calls == ["round 2/2"]  # resumed after round 1
+    assert calls == ["round 2/2"]  # resumed after round 1, and says so
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith(f"{name_of(spec)}: 2 epochs to train on ")  # round 2's two epochs
+    assert f"{name_of(spec)}: resumed after round 1" in said
     ckpt = checkpoint_path(tmp_path, spec, resolved())
     with monkeypatch.context() as m:
         dies_at_call(m, 2)

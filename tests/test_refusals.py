@@ -74,9 +74,12 @@ def test_a_runs_flags_are_checked_before_anything_is_written(flag, data, tmp_pat
 # ------------------------------------------------------------------------------------------------ data
 
 
-def test_a_bad_quick_flag_is_refused_before_any_data_is_read(fake_npz):
+def test_a_bad_quick_flag_is_refused_before_any_data_is_read(fake_npz, tmp_path):
+    from lth.runs import notebook_setup
     with refused(ValueError, MUST_BE_BOOL.format("quick='maybe'", "quick")):
         load_data(fake_npz, quick="maybe")
+    with refused(ValueError, MUST_BE_BOOL.format("quick='maybe'", "quick")):
+        notebook_setup(str(fake_npz), "maybe", str(tmp_path / "results"), "cpu", "fp32")
 
 
 LABELS = "whole-number labels in 0..9 (fractional labels are not truncated for you)."
