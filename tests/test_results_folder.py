@@ -504,6 +504,19 @@ def test_a_notebook_says_its_data_folder_device_and_precision_before_anything_tr
         notebook_setup(str(fake_npz), True, str(tmp_path / "mine"), "cpu", "fp32")
 
 
+def test_a_notebook_without_a_named_folder_uses_its_datas_own_and_the_precision_of_its_runs(fake_npz, tmp_path,
+                                                                                               monkeypatch, capsys):
+    from lth.runs import notebook_setup
+    monkeypatch.setenv("LTH_RESULTS", str(tmp_path))
+    claim_folder(tmp_path / "results_quick", {"sha256": "f" * 64, "subset": [2048, 1024], "description": "other"})
+    data, results, _ = notebook_setup(str(fake_npz), True, None, "cpu", "fp32")
+    own = tmp_path / f"results_quick_{data.source['sha256'][:12]}"
+    assert results == own and f"results: {own}/ (results_quick/ holds runs on other data" in capsys.readouterr().out
+    run(TINY, data, own, replace(FAST, precision="fp32"))
+    monkeypatch.setattr("lth.precision.pick_precision", lambda dev: "bf16")  # what this device alone would pick
+    assert notebook_setup(str(fake_npz), True, None, "cpu", "auto")[2].precision == "fp32"
+
+
 @pytest.mark.parametrize("folder", [".", "notebooks", "lth", ".."])
 def test_a_results_folder_holding_source_files_is_refused(folder):
     with pytest.raises(ValueError, match="holds source files"):
