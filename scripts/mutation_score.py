@@ -104,6 +104,9 @@ def share_results() -> None:
     for name in RESULTS:
         current, saved = Path("mutants") / name, SAVED / name
         if not current.exists():
+            if saved.exists():  # a clone without a run of its own: the committed results
+                current.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(saved, current)
             continue
         new = json.loads(current.read_text())
         if saved.exists():
@@ -179,7 +182,7 @@ def main() -> int:
         mine = [k for k in judged if module_of(k) == module]
         done = sum(status[k] in ("killed", "timeout") for k in mine)
         device = sum(status[k] == "survived" and k in DEVICE_ONLY for k in mine)
-        untested = sum(module_of(k) == module and v == "no tests" for k, v in status.items())
+        untested = sum(status[k] == "no tests" for k in mine)
         unrun = sum(module_of(k) == module and v == "not checked" for k, v in status.items())
         print(f"  {module:13s} {done:4d} killed of {len(mine):4d} = {done / max(1, len(mine)):6.1%}"
               + (f"  ({device} device-only survivors on a CPU)" if device else "")
