@@ -90,7 +90,8 @@ DEVICE_ONLY = {f"helpers.x_{name}" for name in [
     "prune_and_reset__mutmut_13", "lottery_ticket__mutmut_99", "lottery_ticket__mutmut_114",
     *(f"augment__mutmut_{n}" for n in (3, 13, 18, 30, 35, 46, 50, 58, 60, 64, 66, 77, 79, 81, 83)),
     *(f"train__mutmut_{n}" for n in (7, 8, 9, 10, 12, 19, 26, 34, 100, 102, 105, 108))]} | {
-    "lth.runs.x_replayed_exactly__mutmut_7", "lth.runs.x_notebook_setup__mutmut_9",
+    "lth.runs.x_replayed_exactly__mutmut_7",
+    *(f"lth.runs.x_notebook_setup__mutmut_{n}" for n in (9, 28)),
     *(f"lth.runs.x_run_experiment__mutmut_{n}" for n in (4, 56, 78, 286, 302, 308, 318)),
     *(f"lth.runs.x_load_or_train_phase0__mutmut_{n}" for n in (5, 229, 237))}
 
