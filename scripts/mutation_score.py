@@ -4,8 +4,9 @@ input can tell them from the original, each with its reason), and the score amon
     python scripts/mutation_score.py --run    # mutmut run on the core's functions: hours on 2 cores, resumable
     python scripts/mutation_score.py          # the score, from mutmut's saved results
 
-mutmut keeps its results in mutants/*.meta, on one machine. The score also copies them to scripts/mutmut_results/,
-which is committed, and `--run` fills mutants/ from there: a run goes on where another machine left it.
+mutmut keeps its results in mutants/*.meta, on one machine. The score also copies them to scripts/mutmut_results/
+(gzip'd), which is committed, and fills mutants/ from there: a fresh clone scores the committed results, and a run
+goes on where another machine left it.
 
 The core is what the science rests on: pruning, the resets, the training loop, the lottery-ticket procedure, a
 run's identity and the verdicts, and the whole of what runs, stores, plans and loads them (lth.runs, lth.store,

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -49,6 +50,7 @@ def data(fake_npz) -> H.Data:
 
 
 FAST = H.HParams(batch_size=64, lr=0.05)  # the fake set's 256 images make 4 steps an epoch
+TINY = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1, model="tiny")  # models/tiny.py: seconds a run
 
 
 def name_of(spec: RunSpec, hp: H.HParams = FAST) -> str:
@@ -86,6 +88,17 @@ def dies_at_call(monkeypatch, n: int, error=KeyboardInterrupt) -> None:
             raise error
         return train(*a, **k)
     monkeypatch.setattr(H, "train", dying)
+
+
+def refused(error, message: str):
+    """pytest.raises for `error` with exactly `message`: a refusal says in full what was wrong and what to do."""
+    return pytest.raises(error, match=f"^{re.escape(message)}$")
+
+
+def said_set_aside(said: str, path: Path, then: str) -> bool:
+    """Whether `said` holds the line that a damaged file at `path` was set aside, and what happens instead."""
+    return re.search(rf"^WARNING: {re.escape(str(path))} is damaged \(.+\); set aside as "
+                     rf"{re.escape(path.name)}\.damaged, {re.escape(then)}\.$", said, flags=re.M) is not None
 
 
 def run_all(*args, **kw) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import helpers as H
-from conftest import fake_record, resolved, run, run_all
+from conftest import TINY, dies_at_call, fake_record, resolved, run, run_all
 from lth.batch import jobs, plan
 from lth.identity import run_name
 from lth.plots import plot_classic
@@ -55,10 +55,9 @@ def test_a_run_says_what_it_will_train_each_phases_accuracy_and_where_a_resume_s
                                                                                        monkeypatch):
     import re
 
-    from conftest import dies_at_call
     from lth.precision import describe_device, versions
     from lth.store import phase0_path
-    spec = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1, model="tiny")
+    spec = TINY
     hp = resolved()
     name, device = run_name(spec, hp), describe_device(torch.device("cpu"), hp.precision)
     with monkeypatch.context() as m:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import helpers as H
-from conftest import FAST, dies_at_call, fake_arrays, name_of, resolved, run
+from conftest import FAST, TINY, dies_at_call, fake_arrays, name_of, resolved, run, said_set_aside
 from lth.data import load_data, subset
 from lth.identity import DamagedFile, ResultMismatch, run_name
 from lth.runs import resolve_hparams
@@ -25,7 +25,6 @@ from lth.spec import RunSpec
 from lth.store import checkpoint_path, load_masks, load_records, record_path, save_atomic, write_json
 
 ROOT = H.ROOT
-TINY = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1, model="tiny")  # models/tiny.py: seconds a run
 
 
 
@@ -417,8 +416,7 @@ def test_a_phase0_being_computed_elsewhere_is_waited_for_and_a_damaged_one_train
     path.write_bytes(b"damaged")
     said.clear()
     load_or_train_phase0(TINY, data, cpu, tmp_path, hp, False, said.append)
-    assert said[0].startswith(f"WARNING: {path} is damaged (")
-    assert said[0].endswith(f"); set aside as {path.name}.damaged, phase 0 is trained again.")
+    assert said_set_aside(said[0], path, "phase 0 is trained again")
 
 
 def test_every_epoch_names_the_device_that_trained_it_late_rewindings_phase0_included(data, tmp_path):
@@ -459,8 +457,11 @@ def test_a_run_stopped_between_its_record_and_its_masks_is_finished_from_its_che
     import lth.runs as runs
     whole = run(TINY, data, tmp_path / "whole")
     finish_run = runs.finish_run
+
+    def killed_right_there(*args):
+        raise KeyboardInterrupt
     with monkeypatch.context() as m:
-        m.setattr(runs, "finish_run", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))  # killed right there
+        m.setattr(runs, "finish_run", killed_right_there)
         with pytest.raises(KeyboardInterrupt):
             run(TINY, data, tmp_path)
     assert record_path(tmp_path, TINY, resolved()).exists() and checkpoint_path(tmp_path, TINY, resolved()).exists()
@@ -483,10 +484,8 @@ def test_a_forced_rerun_resumes_its_own_checkpoint_and_overwrites_one_of_other_s
         dies_at_call(m, 2)  # the forced rerun (phase 0 loaded) dies in round 2: its checkpoint holds round 1
         with pytest.raises(KeyboardInterrupt):
             run(spec, data, tmp_path, force=True)
-    calls = []
     with monkeypatch.context() as m:
-        train = H.train
-        m.setattr(H, "train", lambda *a, **k: calls.append(k.get("desc")) or train(*a, **k))
+        calls = count_training(m)
         capsys.readouterr()
         run(spec, data, tmp_path, force=True)
     assert calls == ["round 2/2"]  # resumed after round 1, and says so
@@ -533,5 +532,4 @@ def test_a_damaged_rewind_point_is_set_aside_and_taken_again(data, tmp_path, cap
     capsys.readouterr()
     run(replace(late, sparsity=0.4), data, tmp_path)  # another run from that phase 0 and rewind point
     said = capsys.readouterr().out
-    assert f"WARNING: {point} is damaged (" in said
-    assert f"); set aside as {point.name}.damaged, it is taken again." in said
+    assert said_set_aside(said, point, "it is taken again")

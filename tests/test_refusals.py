@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import helpers as H
-from conftest import FAST, resolved, run
+from conftest import FAST, TINY, refused, resolved, run
 from lth.data import load_data
 from lth.files import write_json
 from lth.identity import DamagedFile, ResultMismatch
@@ -22,13 +22,6 @@ from lth.store import (
     phase0_path,
     record_file,
 )
-
-TINY = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1, model="tiny")  # models/tiny.py: seconds a run
-
-
-def refused(error, message: str):
-    return pytest.raises(error, match=f"^{re.escape(message)}$")
-
 
 MUST_BE_BOOL = "{}: must be True or False (papermill: -p {} True)."
 DENSE_IS_BASELINE = "a dense run is the 'baseline' experiment."

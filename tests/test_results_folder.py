@@ -19,7 +19,7 @@ import torch
 
 import helpers as H
 import run_all as R
-from conftest import FAST, dies_at_call, fake_arrays, name_of, resolved, run, run_all
+from conftest import FAST, TINY, dies_at_call, fake_arrays, name_of, resolved, run, run_all, said_set_aside
 from lth.data import data_identity, data_source, load_data
 from lth.explore import VIEWS, default_choice
 from lth.files import save_atomic
@@ -48,7 +48,6 @@ from lth.store import (
 )
 
 ROOT = H.ROOT
-TINY = RunSpec.of("lottery", sparsity=0.5, rounds=2, epochs=1, model="tiny")  # models/tiny.py: seconds a run
 
 
 
@@ -264,9 +263,7 @@ def test_a_damaged_byte_in_a_binary_file_is_never_read_as_a_weight(kind, data, t
         ckpt = checkpoint_path(tmp_path, spec, resolved())
         flip_middle(ckpt)
         resumed = run(spec, data, tmp_path)
-        said = capsys.readouterr().out
-        assert f"WARNING: {ckpt} is damaged (" in said
-        assert f"); set aside as {ckpt.name}.damaged, the run restarts after its phase 0.\n" in said
+        assert said_set_aside(capsys.readouterr().out, ckpt, "the run restarts after its phase 0")
         again = run(spec, data, tmp_path / "uninterrupted")
         numbers = lambda r: [(e["round"], e["val_acc"], e["train_loss"]) for e in r["history"]]
         assert numbers(resumed) == numbers(again)
